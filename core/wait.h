@@ -1,0 +1,85 @@
+// core/wait.h: deadlines and the back-off every wait in epx uses.
+//
+// Tests run 4-16 rank processes (each with worker threads) on 2 cores, so a waiter that spins
+// forever starves the very peer it waits for. Every wait loop therefore goes
+//   pause (cpu_relax) x spin_iters -> sched_yield x yield_iters -> nanosleep, doubling 1 us .. max_sleep
+// and checks a deadline; on expiry it returns kTimeout with a caller-built diagnostic (peer, phase,
+// counters). The diagnostic lambda runs only on the error path, so waits allocate nothing.
+#pragma once
+
+#include <sched.h>
+#include <time.h>
+
+#include <chrono>
+#include <cstdint>
+
+#include "core/status.h"
+
+namespace epx {
+
+using Clock = std::chrono::steady_clock;
+
+class Deadline {
+ public:
+  static Deadline After(std::chrono::milliseconds d) { return Deadline(Clock::now() + d); }
+  static Deadline Never() { return Deadline(Clock::time_point::max()); }
+  bool Expired() const { return Clock::now() >= at_; }
+  int64_t RemainingMs() const {
+    auto r = std::chrono::duration_cast<std::chrono::milliseconds>(at_ - Clock::now()).count();
+    return r < 0 ? 0 : r;
+  }
+  Clock::time_point at() const { return at_; }
+
+ private:
+  explicit Deadline(Clock::time_point at) : at_(at) {}
+  Clock::time_point at_;
+};
+
+struct BackoffPolicy {
+  uint32_t spin_iters = 256;
+  uint32_t yield_iters = 64;
+  uint32_t max_sleep_us = 1000;
+  // From EPX_SPIN_ITERS / EPX_YIELD_ITERS / EPX_MAX_SLEEP (validated by the tunables table).
+  static const BackoffPolicy& Default();
+};
+
+class Backoff {
+ public:
+  explicit Backoff(const BackoffPolicy& p = BackoffPolicy::Default()) : p_(p) {}
+  void Pause() {
+    if (n_ < p_.spin_iters) {
+      ++n_;
+      __builtin_ia32_pause();
+    } else if (n_ < p_.spin_iters + p_.yield_iters) {
+      ++n_;
+      sched_yield();
+    } else {
+      timespec ts{0, static_cast<long>(sleep_us_) * 1000};
+      nanosleep(&ts, nullptr);
+      if (sleep_us_ < p_.max_sleep_us) sleep_us_ = sleep_us_ * 2 > p_.max_sleep_us ? p_.max_sleep_us : sleep_us_ * 2;
+    }
+  }
+  void Reset() { n_ = 0, sleep_us_ = 1; }
+
+ private:
+  const BackoffPolicy& p_;
+  uint32_t n_ = 0;
+  uint32_t sleep_us_ = 1;
+};
+
+// Waits until pred() is true. Deadline checks are amortised (every 64 polls) so the fast path is a load.
+// On expiry: kTimeout with "<diag()> after <ms> ms". `diag` returns std::string.
+template <typename Pred, typename Diag>
+Status WaitUntil(Pred&& pred, const Deadline& deadline, Diag&& diag) {
+  Backoff b;
+  for (uint32_t i = 0;; ++i) {
+    if (pred()) return Status::Ok();
+    if ((i & 63) == 63 && deadline.Expired()) {
+      if (pred()) return Status::Ok();
+      return EPX_ERROR(kTimeout, "{}", diag());
+    }
+    b.Pause();
+  }
+}
+
+}  // namespace epx

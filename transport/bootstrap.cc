@@ -1,0 +1,403 @@
+#include "transport/bootstrap.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "core/log.h"
+#include "core/sys.h"
+#include "core/tunables.h"
+#include "core/wait.h"
+
+namespace epx {
+namespace {
+
+constexpr uint32_t kMagic = 0x42585045;  // "EPXB"
+constexpr uint32_t kVersion = 1;
+constexpr size_t kMaxPhase = 64;
+constexpr uint64_t kMaxBlob = 64ull << 20;  // setup records only; guards against garbage lengths
+
+struct Hello {
+  uint32_t magic, version;
+  int32_t rank, world;
+  uint64_t job_hash;
+};
+struct MsgHeader {
+  uint32_t magic, kind;
+  uint64_t seq;
+  int32_t root;
+  uint32_t phase_len;
+  uint64_t blob_len;
+};
+struct ReplyHeader {
+  uint32_t magic, code;  // code: 0 = ok, else epx::Code of the error whose text follows
+  uint64_t len;
+};
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+const char* KindName(uint32_t k) {
+  switch (k) {
+    case 1: return "allgather";
+    case 2: return "allgatherv";
+    case 3: return "broadcast";
+    case 4: return "barrier";
+  }
+  return "?";
+}
+
+std::string RankList(const std::vector<int>& r) {
+  std::string s;
+  for (size_t i = 0; i < r.size(); ++i) s += (i ? "," : "") + std::to_string(r[i]);
+  return s;
+}
+
+// Waits for `events` on fd until the deadline. kTimeout / kSystem; POLLHUP is left to the read.
+Status PollOne(int fd, short events, const Deadline& d, std::string_view what) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int ms = static_cast<int>(std::min<int64_t>(d.RemainingMs(), 1 << 30));
+    int rc = ::poll(&p, 1, ms);
+    if (rc > 0) return Status::Ok();
+    if (rc == 0) return EPX_ERROR(kTimeout, "{}: no progress before the deadline", what);
+    if (errno != EINTR) return SysError("poll", errno, what);
+  }
+}
+
+Status SendAll(int fd, const void* buf, size_t n, const Deadline& d, std::string_view what) {
+  auto* p = static_cast<const uint8_t*>(buf);
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) {
+      p += w, n -= static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      EPX_RETURN_IF_ERROR(PollOne(fd, POLLOUT, d, what));
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+      return EPX_ERROR(kPeerFailure, "{}: connection closed by the peer (it died or failed)", what);
+    return SysError("send", errno, what);
+  }
+  return Status::Ok();
+}
+
+Status RecvAll(int fd, void* buf, size_t n, const Deadline& d, std::string_view what) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
+    if (r > 0) {
+      p += r, n -= static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0 || (r < 0 && errno == ECONNRESET))
+      return EPX_ERROR(kPeerFailure, "{}: connection closed by the peer (it died or failed)", what);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      EPX_RETURN_IF_ERROR(PollOne(fd, POLLIN, d, what));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    return SysError("recv", errno, what);
+  }
+  return Status::Ok();
+}
+
+StatusOr<addrinfo*> Resolve(const std::string& host, int port, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0) return EPX_ERROR(kInvalidArgument, "bootstrap: cannot resolve master '{}': {}", host, gai_strerror(rc));
+  return res;
+}
+
+void SetNoDelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+Status SendReply(int fd, const Status& st, std::span<const uint8_t> blob, const Deadline& d, std::string_view what) {
+  ReplyHeader h{kMagic, static_cast<uint32_t>(st.code()), st.ok() ? blob.size() : st.message().size()};
+  EPX_RETURN_IF_ERROR(SendAll(fd, &h, sizeof(h), d, what));
+  if (st.ok()) return SendAll(fd, blob.data(), blob.size(), d, what);
+  return SendAll(fd, st.message().data(), st.message().size(), d, what);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p) {
+  EPX_ASSIGN_OR_RETURN(int64_t ms, TunableMs("EPX_BOOTSTRAP_TIMEOUT"));
+  return Create(p, std::chrono::milliseconds(ms));
+}
+
+StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::chrono::milliseconds timeout) {
+  std::unique_ptr<Bootstrap> b(new Bootstrap(p.rank, p.world_size, timeout));
+  if (p.world_size == 1) return b;
+  const Deadline d = Deadline::After(timeout);
+  const uint64_t job = Fnv1a(p.job_id);
+  EPX_ASSIGN_OR_RETURN(addrinfo * ai, Resolve(p.master_addr, p.master_port, p.rank == 0));
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> ai_owner(ai, freeaddrinfo);
+  const std::string where = fmt::format("{}:{}", p.master_addr, p.master_port);
+
+  if (p.rank == 0) {
+    EPX_SYS(lfd, ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "bootstrap listen socket");
+    b->listen_fd_ = static_cast<int>(lfd);
+    int one = 1;
+    ::setsockopt(b->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    EPX_SYS(brc, ::bind(b->listen_fd_, ai->ai_addr, ai->ai_addrlen), "bootstrap root on {}", where);
+    EPX_SYS(lrc, ::listen(b->listen_fd_, 1024), "bootstrap root on {}", where);
+    b->fds_.assign(p.world_size, -1);
+    int joined = 1;
+    while (joined < p.world_size) {
+      pollfd pf{b->listen_fd_, POLLIN, 0};
+      int rc = ::poll(&pf, 1, static_cast<int>(std::min<int64_t>(d.RemainingMs(), 1 << 30)));
+      if (rc < 0 && errno == EINTR) continue;
+      if (rc < 0) return SysError("poll", errno, "bootstrap accept");
+      if (rc == 0) {
+        std::vector<int> missing;
+        for (int r = 1; r < p.world_size; ++r)
+          if (b->fds_[r] < 0) missing.push_back(r);
+        Status st = EPX_ERROR(kTimeout, "bootstrap connect at {}: ranks {} did not arrive within {} ms", where,
+                              RankList(missing), timeout.count());
+        for (int r = 1; r < p.world_size; ++r)
+          if (b->fds_[r] >= 0) (void)SendReply(b->fds_[r], st, {}, Deadline::After(std::chrono::seconds(1)), "abort");
+        return st;
+      }
+      EPX_SYS(fd, ::accept4(b->listen_fd_, nullptr, nullptr, SOCK_CLOEXEC), "bootstrap accept");
+      SetNoDelay(static_cast<int>(fd));
+      Hello h{};
+      // A stray connection (port scanner, wrong job) must not stall the root: short per-peer deadline.
+      Status st = RecvAll(static_cast<int>(fd), &h, sizeof(h), Deadline::After(std::chrono::seconds(5)), "hello");
+      std::string bad;
+      if (!st.ok() || h.magic != kMagic) bad = "not an epx bootstrap peer";
+      else if (h.version != kVersion) bad = fmt::format("protocol version {} (root has {})", h.version, kVersion);
+      else if (h.job_hash != job) bad = "a different job id (EPX_JOB_ID differs: stale process of another run?)";
+      else if (h.world != p.world_size) bad = fmt::format("world size {} (root has {})", h.world, p.world_size);
+      else if (h.rank <= 0 || h.rank >= p.world_size) bad = fmt::format("rank {} out of range", h.rank);
+      else if (b->fds_[h.rank] >= 0) bad = fmt::format("rank {} joined twice", h.rank);
+      if (!bad.empty()) {
+        Status rej(Code::kInvalidArgument, "bootstrap root rejected this rank: " + bad);
+        (void)SendReply(static_cast<int>(fd), rej, {}, Deadline::After(std::chrono::seconds(1)), "reject");
+        ::close(static_cast<int>(fd));
+        EPX_WARN("bootstrap: rejected a connection: {}", bad);
+        if (h.magic == kMagic && h.job_hash == job) return EPX_ERROR(kInvalidArgument, "bootstrap: {}", bad);
+        continue;
+      }
+      b->fds_[h.rank] = static_cast<int>(fd);
+      ++joined;
+    }
+    for (int r = 1; r < p.world_size; ++r) EPX_RETURN_IF_ERROR(SendReply(b->fds_[r], Status::Ok(), {}, d, "welcome"));
+    return b;
+  }
+
+  // Non-root: retry until rank 0 listens. Backoff keeps this polite on 2 cores.
+  Backoff backoff;
+  for (;;) {
+    EPX_SYS(fd, ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "bootstrap socket");
+    if (::connect(static_cast<int>(fd), ai->ai_addr, ai->ai_addrlen) == 0) {
+      b->fds_.assign(1, static_cast<int>(fd));
+      break;
+    }
+    int err = errno;
+    ::close(static_cast<int>(fd));
+    if (err != ECONNREFUSED && err != EINTR && err != ETIMEDOUT && err != EHOSTUNREACH && err != ENETUNREACH)
+      return SysError("connect", err, fmt::format("bootstrap root {}", where));
+    if (d.Expired())
+      return EPX_ERROR(kTimeout, "bootstrap connect: rank 0 (root) not reachable at {} within {} ms", where,
+                       timeout.count());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    backoff.Pause();
+  }
+  SetNoDelay(b->fds_[0]);
+  Hello h{kMagic, kVersion, p.rank, p.world_size, job};
+  EPX_RETURN_IF_ERROR(SendAll(b->fds_[0], &h, sizeof(h), d, "bootstrap hello to rank 0"));
+  ReplyHeader rh{};
+  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], &rh, sizeof(rh), d, "bootstrap connect: waiting for all ranks"));
+  if (rh.code != 0) {
+    std::string msg(std::min<uint64_t>(rh.len, 4096), '\0');
+    (void)RecvAll(b->fds_[0], msg.data(), msg.size(), d, "bootstrap error text");
+    return internal::MakeError(static_cast<Code>(rh.code), __FILE__, __LINE__, msg + " (reported by rank 0)");
+  }
+  return b;
+}
+
+Bootstrap::~Bootstrap() {
+  for (int fd : fds_)
+    if (fd >= 0) ::close(fd);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+StatusOr<std::vector<uint8_t>> Bootstrap::RootRound(Kind kind, std::string_view phase, int root,
+                                                    std::span<const uint8_t> mine) {
+  const Deadline d = Deadline::After(timeout_);
+  const std::string what = fmt::format("bootstrap {} '{}' (#{})", KindName(static_cast<uint32_t>(kind)), phase, seq_);
+  std::vector<std::vector<uint8_t>> blobs(world_);
+  blobs[0].assign(mine.begin(), mine.end());
+  std::vector<bool> got(world_, false);
+  got[0] = true;
+  int pending = world_ - 1;
+  Status st;
+  std::vector<pollfd> pfds;
+  while (pending > 0 && st.ok()) {
+    pfds.clear();
+    for (int r = 1; r < world_; ++r)
+      if (!got[r]) pfds.push_back({fds_[r], POLLIN, 0});
+    int rc = ::poll(pfds.data(), pfds.size(), static_cast<int>(std::min<int64_t>(d.RemainingMs(), 1 << 30)));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) {
+      st = SysError("poll", errno, what);
+      break;
+    }
+    if (rc == 0) {
+      std::vector<int> missing;
+      for (int r = 1; r < world_; ++r)
+        if (!got[r]) missing.push_back(r);
+      st = EPX_ERROR(kTimeout, "{}: ranks {} did not arrive within {} ms", what, RankList(missing), timeout_.count());
+      break;
+    }
+    for (const auto& pf : pfds) {
+      if (pf.revents == 0) continue;
+      int r = static_cast<int>(std::find(fds_.begin(), fds_.end(), pf.fd) - fds_.begin());
+      MsgHeader h{};
+      Status rs = RecvAll(pf.fd, &h, sizeof(h), d, fmt::format("{}: rank {}", what, r));
+      char ph[kMaxPhase + 1] = {};
+      if (rs.ok() && (h.magic != kMagic || h.phase_len > kMaxPhase || h.blob_len > kMaxBlob))
+        rs = EPX_ERROR(kInternal, "{}: corrupt message from rank {}", what, r);
+      if (rs.ok()) rs = RecvAll(pf.fd, ph, h.phase_len, d, what);
+      if (rs.ok()) {
+        blobs[r].resize(h.blob_len);
+        rs = RecvAll(pf.fd, blobs[r].data(), h.blob_len, d, what);
+      }
+      if (!rs.ok()) {
+        st = rs.code() == Code::kPeerFailure
+                 ? EPX_ERROR(kPeerFailure, "{}: rank {} disconnected (died or failed) before joining", what, r)
+                 : std::move(rs);
+        break;
+      }
+      if (h.kind != static_cast<uint32_t>(kind) || h.seq != seq_ || phase != ph || h.root != root) {
+        st = EPX_ERROR(kFailedPrecondition,
+                       "{}: rank {} is in a different collective: {} '{}' (#{}, root {}); ranks must call "
+                       "bootstrap collectives in the same order",
+                       what, r, KindName(h.kind), ph, h.seq, h.root);
+        break;
+      }
+      got[r] = true;
+      --pending;
+    }
+  }
+
+  std::vector<uint8_t> out;
+  if (st.ok()) {
+    if (kind == Kind::kAllGather) {
+      for (int r = 1; r < world_ && st.ok(); ++r)
+        if (blobs[r].size() != blobs[0].size())
+          st = EPX_ERROR(kInvalidArgument, "{}: rank {} sent {} bytes, rank 0 sent {}", what, r, blobs[r].size(),
+                         blobs[0].size());
+      for (auto& b : blobs) out.insert(out.end(), b.begin(), b.end());
+    } else if (kind == Kind::kAllGatherV) {
+      for (auto& b : blobs) {
+        uint64_t n = b.size();
+        out.insert(out.end(), reinterpret_cast<uint8_t*>(&n), reinterpret_cast<uint8_t*>(&n) + 8);
+        out.insert(out.end(), b.begin(), b.end());
+      }
+    } else if (kind == Kind::kBroadcast) {
+      out = blobs[root];
+    }
+  }
+  // Answer everyone still connected, with the result or the failure, so every rank reports the cause.
+  for (int r = 1; r < world_; ++r) {
+    Status ss = SendReply(fds_[r], st, out, st.ok() ? d : Deadline::After(std::chrono::seconds(1)), what);
+    if (st.ok() && !ss.ok()) st = std::move(ss).With(fmt::format("sending to rank {}", r));
+  }
+  if (!st.ok()) return st;
+  return out;
+}
+
+StatusOr<std::vector<uint8_t>> Bootstrap::Round(Kind kind, std::string_view phase, int root,
+                                                std::span<const uint8_t> mine) {
+  if (phase.size() > kMaxPhase) return EPX_ERROR(kInvalidArgument, "bootstrap phase name '{}' too long", phase);
+  if (root < 0 || root >= world_)
+    return EPX_ERROR(kInvalidArgument, "bootstrap {} '{}': root {} not in 0..{}", KindName(uint32_t(kind)), phase,
+                     root, world_ - 1);
+  ++seq_;
+  if (world_ == 1) {
+    if (kind == Kind::kAllGatherV) {
+      std::vector<uint8_t> out(8);
+      uint64_t n = mine.size();
+      std::memcpy(out.data(), &n, 8);
+      out.insert(out.end(), mine.begin(), mine.end());
+      return out;
+    }
+    return std::vector<uint8_t>(mine.begin(), mine.end());
+  }
+  if (rank_ == 0) return RootRound(kind, phase, root, mine);
+
+  const Deadline d = Deadline::After(timeout_);
+  const std::string what = fmt::format("bootstrap {} '{}' (#{})", KindName(uint32_t(kind)), phase, seq_);
+  MsgHeader h{kMagic, static_cast<uint32_t>(kind), seq_, root, static_cast<uint32_t>(phase.size()), mine.size()};
+  const int fd = fds_[0];
+  EPX_RETURN_IF_ERROR(SendAll(fd, &h, sizeof(h), d, what));
+  EPX_RETURN_IF_ERROR(SendAll(fd, phase.data(), phase.size(), d, what));
+  EPX_RETURN_IF_ERROR(SendAll(fd, mine.data(), mine.size(), d, what));
+  ReplyHeader rh{};
+  // Rank 0 enforces the deadline and tells us who is missing; our own wait gets a little slack so
+  // that the root's explanation (rather than our bare timeout) normally wins.
+  const Deadline dr = Deadline::After(timeout_ + std::chrono::seconds(2));
+  Status st = RecvAll(fd, &rh, sizeof(rh), dr, what);
+  if (!st.ok()) {
+    if (st.code() == Code::kPeerFailure)
+      return EPX_ERROR(kPeerFailure, "{}: rank 0 (bootstrap root) closed the connection (it died or failed)", what);
+    return st;
+  }
+  if (rh.magic != kMagic || rh.len > kMaxBlob * 1024)
+    return EPX_ERROR(kInternal, "{}: corrupt reply from rank 0", what);
+  std::vector<uint8_t> out(rh.len);
+  EPX_RETURN_IF_ERROR(RecvAll(fd, out.data(), out.size(), dr, what));
+  if (rh.code != 0)
+    return internal::MakeError(static_cast<Code>(rh.code), __FILE__, __LINE__,
+                               std::string(out.begin(), out.end()) + " (reported by rank 0)");
+  return out;
+}
+
+StatusOr<std::vector<uint8_t>> Bootstrap::AllGather(std::string_view phase, std::span<const uint8_t> mine) {
+  return Round(Kind::kAllGather, phase, 0, mine);
+}
+
+StatusOr<std::vector<std::vector<uint8_t>>> Bootstrap::AllGatherV(std::string_view phase,
+                                                                 std::span<const uint8_t> mine) {
+  EPX_ASSIGN_OR_RETURN(auto raw, Round(Kind::kAllGatherV, phase, 0, mine));
+  std::vector<std::vector<uint8_t>> out(world_);
+  size_t off = 0;
+  for (int r = 0; r < world_; ++r) {
+    uint64_t n = 0;
+    if (off + 8 > raw.size()) return EPX_ERROR(kInternal, "allgatherv '{}': short reply", phase);
+    std::memcpy(&n, raw.data() + off, 8);
+    off += 8;
+    if (off + n > raw.size()) return EPX_ERROR(kInternal, "allgatherv '{}': short reply", phase);
+    out[r].assign(raw.begin() + off, raw.begin() + off + n);
+    off += n;
+  }
+  return out;
+}
+
+StatusOr<std::vector<uint8_t>> Bootstrap::Broadcast(std::string_view phase, int root, std::span<const uint8_t> data) {
+  return Round(Kind::kBroadcast, phase, root, rank_ == root ? data : std::span<const uint8_t>());
+}
+
+Status Bootstrap::Barrier(std::string_view phase) { return Round(Kind::kBarrier, phase, 0, {}).status(); }
+
+}  // namespace epx

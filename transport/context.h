@@ -1,0 +1,60 @@
+// transport/context.h: one rank's runtime: placement, bootstrap, symmetric heap, and the node's
+// shared-memory transport, set up in that order. Later issues add the RDMA domain here.
+//
+//   auto ctx = Context::Create();            // placement from the environment (any launcher)
+//   ctx->node().Put(peer, off, src, n);      // NVLink stand-in inside the logical node
+//   ctx->node().Barrier("step");
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "transport/bootstrap.h"
+#include "transport/heap.h"
+#include "transport/placement.h"
+#include "transport/shm.h"
+
+namespace epx {
+
+// Offsets inside the heap's control block [0, kHeapControlBytes); one cache line each so that words
+// written by different ranks never share a line.
+namespace ctl {
+constexpr size_t kNodeBarrier = 0;
+constexpr size_t kFirstFree = 64;
+}  // namespace ctl
+
+struct ContextOptions {
+  HeapOptions heap;
+  int64_t timeout_ms = 60000;            // data-path waits (EPX_TIMEOUT)
+  int64_t bootstrap_timeout_ms = 60000;  // EPX_BOOTSTRAP_TIMEOUT
+  static StatusOr<ContextOptions> FromEnv();
+};
+
+class Context {
+ public:
+  static StatusOr<std::unique_ptr<Context>> Create();  // placement + options from the environment
+  static StatusOr<std::unique_ptr<Context>> Create(const Placement& p, const ContextOptions& o);
+
+  const Placement& placement() const { return placement_; }
+  int rank() const { return placement_.rank; }
+  int world_size() const { return placement_.world_size; }
+  Bootstrap& bootstrap() { return *boot_; }
+  SymmetricHeap& heap() { return *heap_; }
+  HeapAllocator& allocator() { return alloc_; }
+  ShmTransport& node() { return *node_; }          // ranks of this logical node
+  const std::vector<int>& node_ranks() const { return node_ranks_; }
+  const ContextOptions& options() const { return opts_; }
+
+ private:
+  Context(const Placement& p, const ContextOptions& o) : placement_(p), opts_(o), alloc_(0) {}
+  Placement placement_;
+  ContextOptions opts_;
+  std::unique_ptr<Bootstrap> boot_;
+  std::unique_ptr<SymmetricHeap> heap_;
+  HeapAllocator alloc_;
+  std::unique_ptr<ShmTransport> node_;
+  std::vector<int> node_ranks_;
+};
+
+}  // namespace epx
