@@ -1,5 +1,7 @@
 #include "transport/bootstrap.h"
 
+#include <fmt/ranges.h>
+
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -57,9 +59,7 @@ const char* KindName(uint32_t k) {
 }
 
 std::string RankList(const std::vector<int>& r) {
-  std::string s;
-  for (size_t i = 0; i < r.size(); ++i) s += (i ? "," : "") + std::to_string(r[i]);
-  return s;
+  return fmt::format("{}", fmt::join(r, ","));
 }
 
 // Waits for `events` on fd until the deadline. kTimeout / kSystem; POLLHUP is left to the read.

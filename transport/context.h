@@ -21,7 +21,15 @@ namespace epx {
 // written by different ranks never share a line.
 namespace ctl {
 constexpr size_t kNodeBarrier = 0;
-constexpr size_t kFirstFree = 64;
+constexpr size_t kScratch = 64;  // 8 bytes of test/diagnostic scratch
+// Write-with-immediate queue of the shm-emulated RDMA domain (transport/rdma_shm.cc): a bounded
+// multi-producer queue of kImmSlots entries that peers enqueue into and this rank drains.
+constexpr size_t kImmEnqueue = 4096;
+constexpr size_t kImmDequeue = 4096 + 64;
+constexpr size_t kImmSlots0 = 4096 + 128;
+constexpr size_t kImmSlots = 1024;  // 16 bytes each
+constexpr size_t kFirstFree = kImmSlots0 + 16 * kImmSlots;
+static_assert(kFirstFree <= kHeapControlBytes);
 }  // namespace ctl
 
 struct ContextOptions {

@@ -126,8 +126,9 @@ StatusOr<HeapOptions> HeapOptions::FromEnv() {
   HeapOptions o;
   EPX_ASSIGN_OR_RETURN(o.size, TunableSize("EPX_HEAP_SIZE"));
   EPX_ASSIGN_OR_RETURN(o.hugepages, TunableStr("EPX_HUGEPAGES"));
-  EPX_ASSIGN_OR_RETURN(std::string bind, TunableStr("EPX_NUMA_BIND"));
-  o.numa_bind = bind == "on";
+  auto bind = TunableStr("EPX_NUMA_BIND");
+  if (!bind.ok()) return bind.status();
+  o.numa_bind = bind.value() == "on";
   return o;
 }
 

@@ -1,0 +1,108 @@
+// transport/rdma.h: the inter-node domain ("the NIC"): one-sided operations addressed as
+// (peer rank, offset in its symmetric heap), the epx stand-in for NVSHMEM/IBGDA.
+//
+// Two implementations behind this one interface, chosen at setup by EPX_RDMA:
+//   verbs  ibverbs RC QPs (rdmacm or out-of-band connection), the heap registered as one MR
+//          (transport/verbs/). Works on any verbs NIC: ConnectX, RoCE NICs, soft-RoCE (rxe).
+//   shm    the same semantics over the shared-memory mappings of the heap, so several logical
+//          nodes can run on one host without an RDMA device (transport/rdma_shm.cc). For development
+//          speed only; it never replaces a verbs test.
+//
+// Channels: a domain has `num_channels()` independent posting contexts. Channel c owns one QP per
+// connected peer (EPX_QPS_PER_PEER = channels) and is used by one worker thread at a time, so posting
+// takes no lock. Operations on one (channel, peer) are executed by the peer in posting order.
+//
+// Completion and visibility contract (what kernels may rely on):
+//   * Post calls queue work; `Flush(ch)` rings the doorbell (posting may also flush early when the
+//     chain is full). Nothing is guaranteed to move before a flush.
+//   * `Quiet(ch)` flushes and returns once every operation posted on `ch` so far has completed at
+//     the target: its data is placed in the peer's heap. Local source buffers may be reused then.
+//   * `Signal(...)` = Write(data) then FetchAdd(flag) on the same QP: a peer that observes the flag
+//     increment through `WaitCounter`/`ReadCounter` also observes the data (RC in-order execution;
+//     the flag is its own 8-byte word, posted last in the chain).
+//   * Counters: 8-byte aligned words inside the counter area given at creation. A counter that
+//     peers FetchAdd must not be modified by its owner's CPU (rxe runs remote atomics under a lock
+//     that CPU atomics do not take); the owner reads it only with ReadCounter/WaitCounter. Without
+//     native atomics (`caps().native_atomics == false`) FetchAdd is emulated with write-with-
+//     immediate and the receiver applies it while it waits/reads; `add` must then be < 2^16.
+//   * Errors: a failed work completion fails the next call on that channel with an error naming the
+//     peer, QP, opcode and status; flushed work requests are reported as flushed. A dead peer gives
+//     an error within EPX_TIMEOUT, never a hang.
+//
+// Hot-path rules: Write/WriteImm/FetchAdd/Signal/Flush/ReadCounter allocate nothing, take no lock
+// and make no syscall beyond the doorbell (ibv_post_send); strategy choices (inline threshold,
+// signaling interval, atomics vs emulation) are fixed at setup.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace epx {
+
+class Context;
+
+struct RdmaCaps {
+  std::string kind;    // "verbs" or "shm"
+  std::string device;  // e.g. "rxe0 port 1 gid 1 (::ffff:10.99.0.1)"; "shared memory" for shm
+  bool native_atomics = true;
+  size_t max_inline = 0;  // bytes a post may carry inline
+  size_t max_msg = 0;     // largest single write
+};
+
+// A write-with-immediate that arrived: who sent it and its 32-bit immediate.
+struct ImmEvent {
+  int src_rank;
+  uint32_t imm;
+};
+
+struct RdmaOptions {
+  std::string kind = "auto";    // EPX_RDMA: auto | verbs | shm
+  std::string connect = "auto"; // EPX_CONNECT: auto | rdmacm | oob (verbs only)
+  int channels = 1;             // EPX_QPS_PER_PEER
+  size_t counter_off = 0;       // counter area in every heap (same on all ranks)
+  size_t counter_bytes = 0;     // 8 * number of counters
+  std::vector<int> peers;       // ranks to connect; empty = every rank on another logical node
+  int64_t timeout_ms = 60000;   // EPX_TIMEOUT
+  static StatusOr<RdmaOptions> FromEnv();
+};
+
+class RdmaDomain {
+ public:
+  virtual ~RdmaDomain() = default;
+  virtual const RdmaCaps& caps() const = 0;
+  virtual int num_channels() const = 0;
+  virtual bool Connected(int peer) const = 0;
+
+  // len may be 0..caps().max_msg; offsets need no alignment.
+  virtual Status Write(int ch, int peer, size_t local_off, size_t remote_off, size_t len) = 0;
+  // Write then deliver `imm` to the peer's PollImm (after the data is placed).
+  virtual Status WriteImm(int ch, int peer, size_t local_off, size_t remote_off, size_t len, uint32_t imm) = 0;
+  // Adds `add` to the peer's counter at remote_off (8-byte aligned, inside the counter area).
+  virtual Status FetchAdd(int ch, int peer, size_t remote_off, uint64_t add) = 0;
+  // Write(data) then FetchAdd(flag) on the same QP: data visible no later than the flag.
+  virtual Status Signal(int ch, int peer, size_t local_off, size_t remote_off, size_t len, size_t flag_off,
+                        uint64_t add) = 0;
+  virtual Status Flush(int ch) = 0;
+  virtual Status Quiet(int ch) = 0;
+
+  // Local counter (in this rank's counter area) as updated by peers' FetchAdd/Signal.
+  virtual StatusOr<uint64_t> ReadCounter(size_t local_off) = 0;
+  // Waits (with back-off, deadline EPX_TIMEOUT) until the counter >= target; the error names `what`,
+  // the counter and its value.
+  virtual Status WaitCounter(size_t local_off, uint64_t target, std::string_view what) = 0;
+  // Collects arrived write-with-immediate events without blocking; returns how many were stored.
+  virtual StatusOr<size_t> PollImm(std::span<ImmEvent> out) = 0;
+};
+
+// Builds the domain chosen by opts.kind over ctx's heap, connecting opts.peers (collective: every
+// rank of the context must call it). "auto" = verbs when a device exists, else shm.
+StatusOr<std::unique_ptr<RdmaDomain>> CreateRdmaDomain(Context& ctx, const RdmaOptions& opts);
+
+}  // namespace epx
