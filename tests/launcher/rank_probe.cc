@@ -1,0 +1,150 @@
+// tests/launcher/rank_probe.cc: a rank program for the launcher tests. Every mode first prints
+// "pid <pid>" (flushed) so the test knows which processes must be gone afterwards.
+//
+//   exit N            exit with code N
+//   abort [R]         abort() (only rank R if given; the others sleep long)
+//   segv [R]          die of SIGSEGV (only rank R if given; the others sleep long)
+//   sleep S           sleep S seconds, then exit 0
+//   lines K           K lines "out <rank> <i>" on stdout and "err <rank> <i>" on stderr, through stdio
+//                     buffers (so writes split lines at arbitrary bytes), then "end <rank>" on stdout
+//                     without a newline
+//   env               EPX_* variables, then "affinity <cpus>" and "mempolicy <preferred N|other|default>"
+//   rank-exit R N     rank R exits with N after 200 ms; the others sleep long
+//   spawn-sleeper     forks a child that sleeps long ("sleeper <pid>"), then sleeps long itself
+//   stubborn R N      like rank-exit, but the other ranks ignore SIGTERM, SIGINT and SIGHUP (R = -1:
+//                     no rank exits), so only the launcher's SIGKILL ends them
+#include <numaif.h>
+#include <sched.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+constexpr unsigned kLong = 120;  // "sleeps long": far beyond every test's deadline
+
+int Rank() {
+  const char* r = std::getenv("EPX_RANK");
+  return r != nullptr ? std::atoi(r) : -1;
+}
+
+void SleepSeconds(double s) {
+  timespec ts{static_cast<time_t>(s), static_cast<long>((s - static_cast<time_t>(s)) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+}
+
+// Dies of `sig` even under sanitizers, which install their own SIGSEGV handler and would turn the
+// crash into exit(1).
+[[noreturn]] void DieOf(int sig) {
+  std::fflush(nullptr);
+  if (sig == SIGABRT) std::abort();
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+  std::_Exit(99);
+}
+
+int Usage() {
+  std::fprintf(stderr,
+               "usage: rank_probe exit N | abort [R] | segv [R] | sleep S | lines K | env |"
+               " rank-exit R N | spawn-sleeper | stubborn R N\n");
+  return 2;
+}
+
+void PrintEnv() {
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::strncmp(*e, "EPX_", 4) == 0) vars.emplace_back(*e);
+  for (const auto& v : vars) std::printf("%s\n", v.c_str());
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::string cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus += (cpus.empty() ? "" : ",") + std::to_string(c);
+  std::printf("affinity %s\n", cpus.c_str());
+  int mode = -1;
+  unsigned long mask[16] = {};
+  if (get_mempolicy(&mode, mask, sizeof(mask) * 8, nullptr, 0) != 0) {
+    std::printf("mempolicy error %s\n", std::strerror(errno));
+  } else if (mode == MPOL_PREFERRED) {
+    int node = -1;
+    for (int i = 0; i < static_cast<int>(sizeof(mask) * 8) && node < 0; ++i)
+      if (mask[i / 64] & (1UL << (i % 64))) node = i;
+    std::printf("mempolicy preferred %d\n", node);
+  } else {
+    std::printf("mempolicy %s\n", mode == MPOL_DEFAULT ? "default" : "other");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return Usage();
+  const std::string mode = argv[1];
+  const int rank = Rank();
+  std::printf("pid %d\n", static_cast<int>(getpid()));
+  std::fflush(stdout);
+  auto arg = [&](int i) { return i < argc ? std::atoi(argv[i]) : -1; };
+
+  if (mode == "exit" && argc == 3) return arg(2);
+  if (mode == "abort" || mode == "segv") {
+    if (argc == 2 || arg(2) == rank) {
+      SleepSeconds(0.2);
+      DieOf(mode == "abort" ? SIGABRT : SIGSEGV);
+    }
+    SleepSeconds(kLong);
+    return 0;
+  }
+  if (mode == "sleep" && argc == 3) {
+    SleepSeconds(std::atof(argv[2]));
+    return 0;
+  }
+  if (mode == "lines" && argc == 3) {
+    for (int i = 0; i < arg(2); ++i) {
+      std::printf("out %d %d\n", rank, i);
+      std::fprintf(stderr, "err %d %d\n", rank, i);
+    }
+    std::printf("end %d", rank);
+    return 0;
+  }
+  if (mode == "env") {
+    PrintEnv();
+    return 0;
+  }
+  if (mode == "stubborn" && argc == 4 && rank != arg(2)) {
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) std::signal(sig, SIG_IGN);
+    std::printf("ignoring SIGTERM\n");
+    std::fflush(stdout);
+  }
+  if ((mode == "rank-exit" || mode == "stubborn") && argc == 4) {
+    if (rank == arg(2)) {
+      SleepSeconds(0.2);
+      return arg(3);
+    }
+    SleepSeconds(kLong);
+    return 0;
+  }
+  if (mode == "spawn-sleeper") {
+    pid_t child = fork();
+    if (child == 0) {
+      SleepSeconds(kLong);
+      _exit(0);
+    }
+    std::printf("sleeper %d\n", static_cast<int>(child));
+    std::fflush(stdout);
+    SleepSeconds(kLong);
+    return 0;
+  }
+  return Usage();
+}

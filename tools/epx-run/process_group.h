@@ -1,0 +1,101 @@
+// tools/epx-run/process_group.h: starts the rank processes of this host and supervises them until
+// they are all gone.
+//
+// Process model:
+//   * every rank runs in its own process group (pgid = its pid), so a signal sent to -pgid reaches
+//     whatever the rank forked; when a rank exits, its group is SIGKILLed (stragglers it left behind);
+//   * every rank has PR_SET_PDEATHSIG(SIGKILL), so a launcher that dies hard takes its ranks along;
+//   * a watchdog process (a fork of the launcher, own process group) holds the read end of a pipe
+//     the launcher writes rank pgids to; when that pipe reaches EOF without a clean "bye" (the
+//     launcher was SIGKILLed), it SIGKILLs every rank group: PDEATHSIG alone misses grandchildren.
+//
+// The supervisor is one thread: poll() over a signalfd (SIGCHLD, SIGINT, SIGTERM, SIGHUP) and the
+// ranks' output pipes, with deadlines as poll timeouts. It never spins.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "tools/epx-run/output_mux.h"
+#include "transport/host_topology.h"
+
+namespace epx::run {
+
+struct RankLaunch {
+  int rank = 0;
+  std::vector<std::string> env;  // complete environment, "NAME=value"
+  std::optional<RankPin> pin;    // nullopt: --no-bind
+};
+
+struct SupervisorOptions {
+  bool tag_output = true;                            // prefix lines; false: ranks inherit our stdout/stderr
+  std::chrono::milliseconds grace{2000};             // SIGTERM/forwarded signal -> SIGKILL
+  std::optional<std::chrono::milliseconds> timeout;  // --timeout
+};
+
+class Supervisor {
+ public:
+  // Blocks SIGCHLD/SIGINT/SIGTERM/SIGHUP (read from a signalfd instead), ignores SIGPIPE and starts
+  // the watchdog. Call once, from the single-threaded launcher, before Spawn().
+  static StatusOr<std::unique_ptr<Supervisor>> Create(SupervisorOptions opts);
+  ~Supervisor();
+
+  // fork + exec of argv with the rank's env and pin. Returns once exec succeeded; an exec (or pin)
+  // failure in the child is reported here, with the child's reason.
+  Status Spawn(const RankLaunch& launch, const std::vector<std::string>& argv);
+
+  // Supervises the spawned ranks until all have exited and their output is drained. Returns the
+  // launcher's exit code: 0; the first failing rank's code or 128+signal; 124 on --timeout;
+  // 128+signal when the launcher itself was interrupted.
+  int Run();
+
+  // Kills (SIGKILL to the groups) and reaps everything spawned so far; for a launch that failed half
+  // way. Run() does this itself.
+  void KillAll();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Rank {
+    int rank = 0;
+    pid_t pid = -1;
+    bool alive = true;
+    int out_fd = -1, err_fd = -1;  // our read ends; -1 once at EOF (or when not tagging)
+    std::unique_ptr<LinePrefixer> out, err;
+  };
+
+  explicit Supervisor(SupervisorOptions opts) : opts_(std::move(opts)) {}
+  Status Init();
+  Status StartWatchdog();
+  void TellWatchdog(pid_t value);
+  void HandleSignals();
+  void ReapExited();
+  void OnRankExit(Rank& r, int status);
+  void Drain(Rank& r);
+  void CloseStream(int& fd, LinePrefixer* p);
+  void SignalAll(int sig);
+  void Stop(int sig, std::string_view why);
+  int AliveCount() const;
+  std::string AliveList() const;
+  void Say(std::string_view line);
+
+  SupervisorOptions opts_;
+  int sigfd_ = -1;
+  pid_t self_ = -1;
+  pid_t watchdog_pid_ = -1;
+  int watchdog_fd_ = -1;  // write end; its EOF is the watchdog's "launcher died"
+  std::vector<Rank> ranks_;
+  LineSink out_sink_{1}, err_sink_{2};
+  bool stopping_ = false;  // a failure, a signal or the timeout started the shutdown
+  bool stop_sigkill_sent_ = false;
+  int exit_code_ = 0;
+  std::optional<Clock::time_point> kill_at_, timeout_at_, drain_until_;
+  std::vector<char> buf_;
+};
+
+}  // namespace epx::run
