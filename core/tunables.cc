@@ -39,7 +39,20 @@ constexpr TunableDef kTable[] = {
     {"EPX_IB_TIMEOUT", T::kInt, "14", "4.096us*2^n", "14..31", "QP local ack timeout exponent"},
     {"EPX_IB_RETRY_CNT", T::kInt, "7", "", "1..7", "QP transport retry count"},
     {"EPX_CONNECT", T::kEnum, "auto", "", "auto|rdmacm|oob",
-     "QP connection method: rdma_cm or out-of-band via the bootstrap"},
+     "QP connection method: rdma_cm, or out-of-band via the bootstrap; auto = oob (works on every netdev, "
+     "rdma_cm cannot resolve routes on lo)"},
+    {"EPX_NORMAL_CHANNELS", T::kInt, "2", "threads", "1..64",
+     "normal dispatch/combine: channels (worker threads, RDMA posting contexts) per rank"},
+    {"EPX_NORMAL_NODE_SLOTS", T::kInt, "32", "slots", "2..65535", "normal kernels: slots per node (shm) ring"},
+    {"EPX_NORMAL_NODE_CHUNK", T::kInt, "4", "slots", "1..65535",
+     "normal kernels: a node-ring sender publishes its tail at least every this many slots"},
+    {"EPX_NORMAL_RDMA_SLOTS", T::kInt, "32", "slots", "2..65535", "normal kernels: slots per RDMA ring"},
+    {"EPX_NORMAL_RDMA_CHUNK", T::kInt, "8", "slots", "1..65535",
+     "normal kernels: an RDMA-ring sender signals at least every this many slots"},
+    {"EPX_NORMAL_YIELD_ITERS", T::kInt, "16384", "polls", "0..100000000",
+     "normal kernels: sched_yield polls of an idle channel thread before it sleeps"},
+    {"EPX_IB_FORCE_EMULATED_ATOMICS", T::kEnum, "0", "", "0|1",
+     "TEST ONLY: emulate fetch-add with send-with-immediate even when the device has native atomics"},
 };
 
 std::string_view Trim(std::string_view s) {

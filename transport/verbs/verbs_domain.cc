@@ -1,9 +1,380 @@
-// Placeholder until the verbs transport lands (issue 3): reports that verbs is not built yet.
-#include "transport/verbs/verbs_domain.h"
+// The data path of the ibverbs RdmaDomain (out-of-line parts; the hot posting path is inline in
+// domain.h): send completions and errors, Quiet, the receive side (counters, immediates, emulated
+// fetch-add), peer health and liveness probes. Design notes: transport/verbs/domain.h.
+#include <algorithm>
 
-namespace epx {
-bool VerbsDeviceAvailable() { return false; }
-StatusOr<std::unique_ptr<RdmaDomain>> CreateVerbsDomain(Context&, const RdmaOptions&) {
-  return EPX_ERROR(kUnsupported, "EPX_RDMA=verbs: the verbs transport is not implemented yet (issue 3)");
+#include "core/log.h"
+#include "transport/verbs/domain.h"
+
+namespace epx::verbs {
+
+// ---------------------------------------------------------------------------------------------------
+// Send completions
+
+Status VerbsDomain::MakeRoom(Channel& c, SendQp& q) {
+  // Posting the chain puts its signaled WR (if any) in flight: in-flight WRs exceed the signal
+  // interval here, so at least one of them is signaled and its completion will free room.
+  if (q.n_chain > 0) EPX_RETURN_IF_ERROR(PostChain(c, q));
+  const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
+  Backoff b;
+  for (uint32_t i = 0; q.posted + 1 - q.completed > sq_depth_; ++i) {
+    EPX_RETURN_IF_ERROR(PollSend(c));
+    TryProgressRecv();  // the peer may be blocked on us the same way (RNR): keep our receives posted
+    if ((i & 63) == 63 && d.Expired())
+      return EPX_ERROR(
+          kTimeout,
+          "rdma(verbs): rank {}: send queue of QP 0x{:x} (rank {}, channel {}) stayed full ({} WRs in "
+          "flight) for {} ms",
+          me_, q.qpn, q.peer, q.ch, q.posted - q.completed, opts_.timeout_ms);
+    b.Pause();
+  }
+  return Status::Ok();
 }
-}  // namespace epx
+
+Status VerbsDomain::PollSend(Channel& c) {
+  ibv_wc wc[kPollBatch];
+  const int n = ibv_poll_cq(c.cq.get(), kPollBatch, wc);
+  if (n < 0) [[unlikely]] {
+    if (!c.failed) {
+      c.failed = true;
+      c.error = EPX_ERROR(kTransport, "rdma(verbs): ibv_poll_cq failed on the send CQ of channel {} ({})",
+                          c.qps.empty() ? -1 : c.qps[0]->ch, n);
+    }
+    return c.error;
+  }
+  for (int i = 0; i < n; ++i) {
+    SendQp& q = *sqp_[static_cast<size_t>(wc[i].wr_id >> kIndexShift)];
+    const uint8_t op = static_cast<uint8_t>((wc[i].wr_id >> kOpShift) & 0xf);
+    // Rebuild the full sequence number from its low 40 bits (it lies in (completed, posted]).
+    uint64_t seq = (q.completed & ~kSeqMask) | (wc[i].wr_id & kSeqMask);
+    if (seq < q.completed) seq += kSeqMask + 1;
+    if (seq > q.completed) q.completed = seq;
+    if (wc[i].status != IBV_WC_SUCCESS) [[unlikely]]
+      OnSendError(c, q, op, wc[i]);
+  }
+  if (c.failed) [[unlikely]]
+    return c.error;
+  return Status::Ok();
+}
+
+namespace {
+std::string FailureHint(ibv_wc_status s, int peer, int timeout, int retry) {
+  switch (s) {
+    case IBV_WC_RETRY_EXC_ERR:
+      return fmt::format(
+          "; rank {} did not acknowledge within the retry budget (ACK timeout exponent {}, retry_cnt {}): "
+          "the "
+          "process or its node is gone, the link is down, or the two sides disagree on GID/MTU",
+          peer, timeout, retry);
+    case IBV_WC_RNR_RETRY_EXC_ERR:
+      return fmt::format("; rank {} had no receive posted", peer);
+    case IBV_WC_REM_ACCESS_ERR:
+      return fmt::format(
+          "; rank {} refused the access: wrong rkey, or an address outside its registered heap", peer);
+    case IBV_WC_REM_INV_REQ_ERR:
+      return fmt::format("; rank {} found the request invalid (length? opcode?)", peer);
+    case IBV_WC_WR_FLUSH_ERR:
+      return "; flushed: the QP was already in the error state (an earlier request on it failed, or the "
+             "connection "
+             "broke)";
+    case IBV_WC_LOC_PROT_ERR:
+    case IBV_WC_LOC_ACCESS_ERR:
+      return "; the local buffer is not inside the registered heap";
+    default:
+      return "";
+  }
+}
+}  // namespace
+
+void VerbsDomain::OnSendError(Channel& c, SendQp& q, uint8_t op, const ibv_wc& wc) {
+  if (c.failed) return;  // the rest of the queue flushes after the first failure: keep the cause
+  const Code code = wc.status == IBV_WC_RETRY_EXC_ERR || wc.status == IBV_WC_RNR_RETRY_EXC_ERR
+                        ? Code::kPeerFailure
+                        : Code::kTransport;
+  c.failed = true;
+  c.error = internal::MakeError(
+      code, __FILE__, __LINE__,
+      fmt::format(
+          "rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
+          OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
+          wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_)));
+  MarkPeerFailed(q.peer, c.error);
+}
+
+Status VerbsDomain::PostFailed(Channel& c, SendQp& q, int rc, ibv_send_wr* bad) {
+  const uint32_t k =
+      bad != nullptr && bad >= q.wr && bad < q.wr + q.n_chain ? static_cast<uint32_t>(bad - q.wr) : 0;
+  const ibv_send_wr& w = q.wr[k];
+  q.posted += k;  // WRs before the bad one were queued
+  q.n_chain = 0;
+  const uint8_t op = static_cast<uint8_t>((w.wr_id >> kOpShift) & 0xf);
+  const uint64_t raddr = op == kOpFetchAdd ? w.wr.atomic.remote_addr : w.wr.rdma.remote_addr;
+  c.failed = true;
+  c.error = VerbsError(
+      "ibv_post_send", IbvErrno(rc),
+      fmt::format("{} to rank {} on channel {}, QP 0x{:x}: WR {} of the chain, {} bytes, remote offset "
+                  "{}{}",
+                  OpName(op), q.peer, q.ch, q.qpn, k, w.num_sge ? w.sg_list->length : 0,
+                  raddr >= q.rbase ? raddr - q.rbase : 0,
+                  op == kOpFetchAdd ? " (atomics need an 8-byte aligned remote address)" : ""));
+  return c.error;
+}
+
+Status VerbsDomain::Quiet(int ch) {
+  if (ch < 0 || ch >= k_) [[unlikely]]
+    return BadChannel(ch);
+  Channel& c = *chans_[static_cast<size_t>(ch)];
+  if (c.failed) return c.error;
+  // Make the newest WR of every QP signaled: its completion retires everything before it.
+  for (SendQp* q : c.qps) {
+    if (q->posted + q->n_chain == q->signaled) continue;  // idle, or the tail is already signaled
+    if (q->n_chain > 0) {
+      q->wr[q->n_chain - 1].send_flags |= IBV_SEND_SIGNALED;
+      q->signaled = q->posted + q->n_chain;
+      q->since_signal = 0;
+    } else {
+      EPX_RETURN_IF_ERROR(Append(c, *q, kOpQuietMark, 0, q->rbase, 0, 0, 0));
+    }
+  }
+  EPX_RETURN_IF_ERROR(FlushChannel(c));
+  const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
+  Backoff b;
+  for (uint32_t i = 0;; ++i) {
+    bool done = true;
+    for (const SendQp* q : c.qps) done = done && q->completed >= q->posted;
+    if (done) return Status::Ok();
+    EPX_RETURN_IF_ERROR(PollSend(c));
+    // Two ranks quieting towards each other with immediates/emulated adds in flight would wait on
+    // each other's receive queues (RNR) forever: progress ours while we wait.
+    TryProgressRecv();
+    if ((i & 63) == 63 && d.Expired()) {
+      EPX_RETURN_IF_ERROR(PollSend(c));
+      std::string pending;
+      for (const SendQp* q : c.qps)
+        if (q->completed < q->posted)
+          pending += fmt::format("{}rank {} (QP 0x{:x}): {} WRs", pending.empty() ? "" : ", ", q->peer,
+                                 q->qpn, q->posted - q->completed);
+      if (pending.empty()) return Status::Ok();
+      return EPX_ERROR(kTimeout, "rdma quiet on channel {}: rank {} waited {} ms for completions from {}", ch,
+                       me_, opts_.timeout_ms, pending);
+    }
+    b.Pause();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Receive side, counters, immediates
+
+void VerbsDomain::ProgressRecvLocked() {
+  ibv_wc wc[kPollBatch];
+  for (int round = 0; round < 4; ++round) {
+    const size_t room = ring_.size() - static_cast<size_t>(ring_tail_ - ring_head_);
+    if (room == 0) return;  // PollImm not called: leave CQEs (and receives) for later; senders see RNR
+    const int n = ibv_poll_cq(recv_cq_.get(), static_cast<int>(std::min<size_t>(kPollBatch, room)), wc);
+    if (n <= 0) {
+      if (n < 0)
+        MarkPeerFailed(-1,
+                       EPX_ERROR(kTransport, "rdma(verbs): ibv_poll_cq failed on the receive CQ ({})", n));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      SendQp& q = *sqp_[static_cast<size_t>(wc[i].wr_id)];
+      if (wc[i].status != IBV_WC_SUCCESS) [[unlikely]] {
+        MarkPeerFailed(
+            q.peer,
+            internal::MakeError(
+                wc[i].status == IBV_WC_WR_FLUSH_ERR ? Code::kPeerFailure : Code::kTransport, __FILE__,
+                __LINE__,
+                fmt::format(
+                    "rdma(verbs): receive on QP 0x{:x} (rank {} -> rank {}, channel {}) "
+                    "failed: {}{}",
+                    q.qpn, q.peer, me_, q.ch, WcStatusText(wc[i].status),
+                    wc[i].status == IBV_WC_WR_FLUSH_ERR ? "; the connection is in the error state" : "")));
+        continue;  // no re-post on a broken QP
+      }
+      const uint32_t imm = be32toh(wc[i].imm_data);
+      if (wc[i].opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+        ring_[ring_tail_++ & (ring_.size() - 1)] = ImmEvent{q.peer, imm};
+      } else if (wc[i].opcode == IBV_WC_RECV && (wc[i].wc_flags & IBV_WC_WITH_IMM)) {
+        // Emulated fetch-add. The receive completion implies the data the sender posted before it on
+        // this QP is placed; the release add publishes that to whoever acquires the counter.
+        const size_t off = opts_.counter_off + 8 * static_cast<size_t>(imm >> 16);
+        if (off + 8 <= opts_.counter_off + opts_.counter_bytes)
+          __atomic_fetch_add(reinterpret_cast<uint64_t*>(heap_.base() + off), imm & 0xffffu,
+                             __ATOMIC_RELEASE);
+      }
+      ibv_recv_wr rw{};
+      rw.wr_id = q.index;
+      ibv_recv_wr* bad = nullptr;
+      if (const int rc = ibv_post_recv(q.qp, &rw, &bad); rc != 0) [[unlikely]]
+        MarkPeerFailed(q.peer,
+                       VerbsError("ibv_post_recv", IbvErrno(rc),
+                                  fmt::format("re-posting a receive on QP 0x{:x} (rank {})", q.qpn, q.peer)));
+    }
+    if (n < kPollBatch) return;
+  }
+}
+
+void VerbsDomain::MarkPeerFailed(int peer, const Status& why) {
+  std::lock_guard<std::mutex> g(health_mu_);
+  const size_t i = peer < 0 ? static_cast<size_t>(me_) : static_cast<size_t>(peer);
+  if (peer_status_[i].ok()) peer_status_[i] = why;
+  any_failed_.store(true, std::memory_order_release);
+}
+
+Status VerbsDomain::PeerFailure(std::string_view what, size_t off, uint64_t target) {
+  Status first;
+  {
+    std::lock_guard<std::mutex> g(health_mu_);
+    for (const Status& s : peer_status_)
+      if (!s.ok()) {
+        first = s;
+        break;
+      }
+  }
+  return std::move(first).With(fmt::format("{}: rank {} waiting for counter at offset {} to reach {} (at {})",
+                                           what, me_, off, target, LoadCounter(off)));
+}
+
+// Liveness probes: a zero-length signaled write on each peer's control QP. A dead peer's node never
+// acknowledges it, so it fails with RETRY_EXC_ERR after the transport retry budget, naming the peer.
+void VerbsDomain::ProbeTick(bool send) {
+  std::unique_lock<std::mutex> g(probe_mu_, std::try_to_lock);
+  if (!g.owns_lock()) return;
+  ibv_wc wc[kPollBatch];
+  const auto now = Clock::now();
+  for (;;) {
+    const int n = ibv_poll_cq(ctrl_cq_.get(), kPollBatch, wc);
+    for (int i = 0; i < n; ++i) {
+      SendQp& q = *sqp_[static_cast<size_t>(wc[i].wr_id >> kIndexShift)];
+      ProbeState& p = probe_[static_cast<size_t>(q.peer)];
+      p.inflight = false;
+      if (wc[i].status == IBV_WC_SUCCESS) {
+        p.last_ok = now;
+      } else {
+        MarkPeerFailed(
+            q.peer,
+            internal::MakeError(
+                Code::kPeerFailure, __FILE__, __LINE__,
+                fmt::format("rank {} is unreachable: liveness probe from rank {} (control "
+                            "QP 0x{:x}) failed after {} ms: {}{}",
+                            q.peer, me_, q.qpn,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(now - p.sent).count(),
+                            WcStatusText(wc[i].status),
+                            FailureHint(wc[i].status, q.peer, timeout_, retry_))));
+      }
+    }
+    if (n < kPollBatch) break;
+  }
+  if (!send) return;
+  for (int peer : peers_) {
+    ProbeState& p = probe_[static_cast<size_t>(peer)];
+    if (p.inflight) continue;
+    {
+      std::lock_guard<std::mutex> h(health_mu_);
+      if (!peer_status_[static_cast<size_t>(peer)].ok()) continue;  // already known dead
+    }
+    SendQp& q = *sqp_[static_cast<size_t>(ctrl_slot_[static_cast<size_t>(peer)])];
+    ibv_send_wr w{};
+    w.wr_id = WrId(q.index, kOpProbe, 0);
+    w.opcode = IBV_WR_RDMA_WRITE;
+    w.send_flags = IBV_SEND_SIGNALED;
+    w.wr.rdma.remote_addr = q.rbase;
+    w.wr.rdma.rkey = q.rkey;
+    ibv_send_wr* bad = nullptr;
+    if (ibv_post_send(q.qp, &w, &bad) == 0) {
+      p.inflight = true;
+      p.sent = now;
+    }
+  }
+}
+
+std::string VerbsDomain::ProbeSummary() {
+  std::lock_guard<std::mutex> g(probe_mu_);
+  const auto now = Clock::now();
+  std::string s;
+  for (int peer : peers_) {
+    const ProbeState& p = probe_[static_cast<size_t>(peer)];
+    auto ms = [&](Clock::time_point t) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(now - t).count();
+    };
+    if (p.inflight)
+      s += fmt::format("{}rank {}: probe unanswered for {} ms", s.empty() ? "" : ", ", peer, ms(p.sent));
+    else if (p.last_ok != Clock::time_point{})
+      s += fmt::format("{}rank {}: alive {} ms ago", s.empty() ? "" : ", ", peer, ms(p.last_ok));
+  }
+  return s.empty() ? "no liveness probe answered yet" : s;
+}
+
+Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view what) {
+  if (off % 8 != 0 || off < opts_.counter_off || off + 8 > opts_.counter_off + opts_.counter_bytes)
+      [[unlikely]]
+    return CounterRangeError("wait_counter", me_, off);
+  const auto t0 = Clock::now();
+  const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
+  const auto interval = std::chrono::milliseconds(probe_interval_ms_);
+  auto next_probe = t0 + interval;
+  Backoff b;
+  for (uint32_t i = 0;; ++i) {
+    TryProgressRecv();
+    if (LoadCounter(off) >= target) return Status::Ok();
+    if ((i & 63) == 63) [[unlikely]] {
+      if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target);
+      // Slow path: the wait is long. Probe the peers so that a dead one is named well before the
+      // deadline instead of a bare timeout.
+      const auto now = Clock::now();
+      const bool send = now >= next_probe;
+      if (send) next_probe = now + interval;
+      ProbeTick(send);
+      if (d.Expired()) {
+        TryProgressRecv();
+        if (LoadCounter(off) >= target) return Status::Ok();
+        if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target);
+        return EPX_ERROR(kTimeout,
+                         "{}: rank {} waited {} ms for counter at offset {} to reach {} (at {}); peers: {}",
+                         what, me_, opts_.timeout_ms, off, target, LoadCounter(off), ProbeSummary());
+      }
+    }
+    b.Pause();
+  }
+}
+
+StatusOr<size_t> VerbsDomain::PollImm(std::span<ImmEvent> out) {
+  // PollImm must not miss events another thread drained into the ring: take the lock (held only for
+  // one CQ batch by anyone) instead of skipping when it is busy.
+  Backoff b;
+  while (recv_busy_.exchange(true, std::memory_order_acquire)) b.Pause();
+  ProgressRecvLocked();
+  size_t n = 0;
+  while (n < out.size() && ring_head_ != ring_tail_) out[n++] = ring_[ring_head_++ & (ring_.size() - 1)];
+  recv_busy_.store(false, std::memory_order_release);
+  if (n == 0 && any_failed_.load(std::memory_order_acquire)) [[unlikely]] {
+    std::lock_guard<std::mutex> g(health_mu_);
+    for (const Status& s : peer_status_)
+      if (!s.ok()) return Status(s).With(fmt::format("poll_imm on rank {}", me_));
+  }
+  return n;
+}
+
+Status VerbsDomain::RangeError(const char* op, int peer, size_t lo, size_t ro, size_t len,
+                               size_t rsize) const {
+  if (len > caps_.max_msg)
+    return EPX_ERROR(kInvalidArgument,
+                     "rdma {} to rank {}: {} bytes exceed the device's max message of {} bytes", op, peer,
+                     len, caps_.max_msg);
+  if (!Fits(lo, len, heap_.size()))
+    return EPX_ERROR(kInvalidArgument,
+                     "rdma {} to rank {}: local [{}, +{}) is outside this rank's {}-byte heap", op, peer, lo,
+                     len, heap_.size());
+  return EPX_ERROR(kInvalidArgument, "rdma {} to rank {}: remote [{}, +{}) is outside rank {}'s {}-byte heap",
+                   op, peer, ro, len, peer, rsize);
+}
+
+Status VerbsDomain::CounterRangeError(const char* op, int peer, size_t off) const {
+  return EPX_ERROR(
+      kInvalidArgument,
+      "rdma {} on rank {}: offset {} is not an 8-byte aligned word of the counter area [{}, +{})", op, peer,
+      off, opts_.counter_off, opts_.counter_bytes);
+}
+
+}  // namespace epx::verbs
