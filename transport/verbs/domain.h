@@ -172,8 +172,8 @@ class VerbsDomain final : public RdmaDomain {
   }
 
   Status Write(int ch, int peer, size_t lo, size_t ro, size_t len) override {
-    Channel* c;
-    SendQp* q;
+    Channel* c = nullptr;
+    SendQp* q = nullptr;
     EPX_RETURN_IF_ERROR(Route(ch, peer, "write", c, q));
     if (!Fits(lo, len, heap_.size()) || !Fits(ro, len, q->rsize) || len > caps_.max_msg) [[unlikely]]
       return RangeError("write", peer, lo, ro, len, q->rsize);
@@ -181,8 +181,8 @@ class VerbsDomain final : public RdmaDomain {
   }
 
   Status WriteImm(int ch, int peer, size_t lo, size_t ro, size_t len, uint32_t imm) override {
-    Channel* c;
-    SendQp* q;
+    Channel* c = nullptr;
+    SendQp* q = nullptr;
     EPX_RETURN_IF_ERROR(Route(ch, peer, "write_with_imm", c, q));
     if (!Fits(lo, len, heap_.size()) || !Fits(ro, len, q->rsize) || len > caps_.max_msg) [[unlikely]]
       return RangeError("write_with_imm", peer, lo, ro, len, q->rsize);
@@ -190,16 +190,16 @@ class VerbsDomain final : public RdmaDomain {
   }
 
   Status FetchAdd(int ch, int peer, size_t ro, uint64_t add) override {
-    Channel* c;
-    SendQp* q;
+    Channel* c = nullptr;
+    SendQp* q = nullptr;
     EPX_RETURN_IF_ERROR(Route(ch, peer, "fetch_add", c, q));
     EPX_RETURN_IF_ERROR(CheckCounter("fetch_add", peer, ro, add));
     return AppendAdd(*c, *q, ro, add);
   }
 
   Status Signal(int ch, int peer, size_t lo, size_t ro, size_t len, size_t flag_off, uint64_t add) override {
-    Channel* c;
-    SendQp* q;
+    Channel* c = nullptr;
+    SendQp* q = nullptr;
     EPX_RETURN_IF_ERROR(Route(ch, peer, "signal", c, q));
     if (!Fits(lo, len, heap_.size()) || !Fits(ro, len, q->rsize) || len > caps_.max_msg) [[unlikely]]
       return RangeError("signal", peer, lo, ro, len, q->rsize);
