@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/subprocess.h"
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,77 +24,8 @@
 
 namespace {
 
-using Env = std::map<std::string, std::string>;
+using namespace epx::test;  // NOLINT: test helpers
 using Clock = std::chrono::steady_clock;
-
-int FreePort() {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t l = sizeof(a);
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &l);
-  close(s);
-  return ntohs(a.sin_port);
-}
-
-struct Proc {
-  pid_t pid = -1;
-  std::string out_path;
-  std::string Output() const {
-    std::ifstream f(out_path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-};
-
-// Starts argv with extra env; stdout+stderr go to a temp file.
-Proc Spawn(const std::vector<std::string>& argv, const Env& env) {
-  Proc p;
-  char tmpl[] = "/tmp/epx-failtest-XXXXXX";
-  int fd = mkstemp(tmpl);
-  p.out_path = tmpl;
-  p.pid = fork();
-  if (p.pid == 0) {
-    dup2(fd, 1);
-    dup2(fd, 2);
-    for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
-    execv(a[0], a.data());
-    _exit(127);
-  }
-  close(fd);
-  return p;
-}
-
-// Waits for exit up to `secs`; returns the wait status or -1 on timeout (then kills it).
-int WaitExit(const Proc& p, double secs) {
-  auto end = Clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
-  while (Clock::now() < end) {
-    int st = 0;
-    if (waitpid(p.pid, &st, WNOHANG) == p.pid) return st;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(p.pid, SIGKILL);
-  waitpid(p.pid, nullptr, 0);
-  return -1;
-}
-
-bool WaitForText(const Proc& p, const std::string& text, int count, double secs) {
-  auto end = Clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
-  while (Clock::now() < end) {
-    std::string o = p.Output();
-    int n = 0;
-    for (size_t pos = 0; (pos = o.find(text, pos)) != std::string::npos; ++pos) ++n;
-    if (n >= count) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
 
 Env RankEnv(int rank, int world, int port, const std::string& job) {
   return {{"EPX_RANK", std::to_string(rank)}, {"EPX_WORLD_SIZE", std::to_string(world)},

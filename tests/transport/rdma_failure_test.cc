@@ -4,6 +4,8 @@
 // here) instead of hanging. Needs EPX_RDMA=verbs and a device (run inside tools/rxe-vm/rxe-run);
 // both connection methods. Not launched through epx-run, which would stop the job at the first death.
 #include <gtest/gtest.h>
+
+#include "tests/support/subprocess.h"
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -21,64 +23,8 @@
 
 namespace {
 
+using namespace epx::test;  // NOLINT: test helpers
 using Clock = std::chrono::steady_clock;
-using Env = std::map<std::string, std::string>;
-
-int FreePort() {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t l = sizeof(a);
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &l);
-  close(s);
-  return ntohs(a.sin_port);
-}
-
-struct Proc {
-  pid_t pid = -1;
-  std::string out_path;
-  std::string Output() const {
-    std::ifstream f(out_path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-};
-
-Proc Spawn(const std::vector<std::string>& argv, const Env& env) {
-  Proc p;
-  char tmpl[] = "/tmp/epx-rdmafail-XXXXXX";
-  int fd = mkstemp(tmpl);
-  p.out_path = tmpl;
-  p.pid = fork();
-  if (p.pid == 0) {
-    dup2(fd, 1);
-    dup2(fd, 2);
-    for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
-    execv(a[0], a.data());
-    _exit(127);
-  }
-  close(fd);
-  return p;
-}
-
-// Wait status, or -1 after `secs` (the process is then killed).
-int WaitExit(const Proc& p, double secs) {
-  const auto end = Clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
-  while (Clock::now() < end) {
-    int st = 0;
-    if (waitpid(p.pid, &st, WNOHANG) == p.pid) return st;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(p.pid, SIGKILL);
-  waitpid(p.pid, nullptr, 0);
-  return -1;
-}
 
 struct Result {
   std::string survivor, victim;
@@ -110,7 +56,6 @@ Result RunPair(const std::string& test, const std::string& connect) {
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   r.survivor = ps[0].Output();
   r.victim = ps[1].Output();
-  for (auto& p : ps) unlink(p.out_path.c_str());
   return r;
 }
 
