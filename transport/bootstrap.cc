@@ -226,10 +226,14 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
   Hello h{kMagic, kVersion, p.rank, p.world_size, job};
   EPX_RETURN_IF_ERROR(SendAll(b->fds_[0], &h, sizeof(h), d, "bootstrap hello to rank 0"));
   ReplyHeader rh{};
-  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], &rh, sizeof(rh), d, "bootstrap connect: waiting for all ranks"));
+  // Rank 0 enforces the connect deadline and names the missing ranks; wait a little longer than it
+  // so that its explanation, not our own bare timeout, is what this rank reports.
+  const Deadline dw = Deadline::After(timeout + std::chrono::seconds(2));
+  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], &rh, sizeof(rh), dw, "bootstrap connect: waiting for all ranks"));
   if (rh.code != 0) {
     std::string msg(std::min<uint64_t>(rh.len, 4096), '\0');
-    (void)RecvAll(b->fds_[0], msg.data(), msg.size(), d, "bootstrap error text");
+    (void)RecvAll(b->fds_[0], msg.data(), msg.size(), Deadline::After(std::chrono::seconds(2)),
+                  "bootstrap error text");
     return internal::MakeError(static_cast<Code>(rh.code), __FILE__, __LINE__, msg + " (reported by rank 0)");
   }
   return b;
