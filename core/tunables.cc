@@ -41,12 +41,13 @@ constexpr TunableDef kTable[] = {
     {"EPX_CONNECT", T::kEnum, "auto", "", "auto|rdmacm|oob",
      "QP connection method: rdma_cm, or out-of-band via the bootstrap; auto = oob (works on every netdev, "
      "rdma_cm cannot resolve routes on lo)"},
-    {"EPX_NORMAL_CHANNELS", T::kInt, "2", "threads", "1..64",
-     "normal dispatch/combine: channels (worker threads, RDMA posting contexts) per rank"},
-    {"EPX_NORMAL_NODE_SLOTS", T::kInt, "32", "slots", "2..65535", "normal kernels: slots per node (shm) ring"},
+    {"EPX_NORMAL_CHANNELS", T::kInt, "0", "threads", "0..64",
+     "normal dispatch/combine: channels (worker threads, RDMA posting contexts) per rank; 0 = the CPUs a "
+     "rank may run on (min over ranks, at most 8)"},
+    {"EPX_NORMAL_NODE_SLOTS", T::kInt, "64", "slots", "2..65535", "normal kernels: slots per node (shm) ring"},
     {"EPX_NORMAL_NODE_CHUNK", T::kInt, "4", "slots", "1..65535",
      "normal kernels: a node-ring sender publishes its tail at least every this many slots"},
-    {"EPX_NORMAL_RDMA_SLOTS", T::kInt, "32", "slots", "2..65535", "normal kernels: slots per RDMA ring"},
+    {"EPX_NORMAL_RDMA_SLOTS", T::kInt, "64", "slots", "2..65535", "normal kernels: slots per RDMA ring"},
     {"EPX_NORMAL_RDMA_CHUNK", T::kInt, "8", "slots", "1..65535",
      "normal kernels: an RDMA-ring sender signals at least every this many slots"},
     {"EPX_NORMAL_YIELD_ITERS", T::kInt, "16384", "polls", "0..100000000",

@@ -1,0 +1,17 @@
+// kernels/bf16_math.h: the row arithmetic of combine, vectorised. The function is compiled for
+// several instruction sets (AVX-512, AVX2, baseline x86-64) and the best one the CPU supports is
+// picked at first use, so one binary runs everywhere. Results are bitwise identical on every path:
+// only IEEE FP32 adds (no contraction, no reassociation) and the exact BF16 conversions of
+// kernels/dtypes.h are used, element by element, in the same order.
+#pragma once
+
+#include "kernels/dtypes.h"
+
+namespace epx {
+
+// out[j] = bf16(((0 + rows[0][j]) + rows[1][j]) + ... + rows[n-1][j]), summed in FP32 in the order
+// given; n == 0 gives +0. `acc` ([n] floats) is scratch. The first term initialises acc and the last
+// one is fused with the rounding store, so acc is touched n - 1 times instead of n + 2.
+void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n);
+
+}  // namespace epx

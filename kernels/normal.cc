@@ -1,0 +1,352 @@
+// NormalBuffer: setup (heap block, RDMA domain, ring ends, threads), input validation, output
+// allocation, and the hand-off of each call to the channel threads.
+#include "kernels/normal.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/log.h"
+#include "kernels/fp8.h"
+#include "kernels/layout.h"
+#include "kernels/normal_state.h"
+
+namespace epx {
+namespace {
+
+std::atomic<uint64_t> g_next_buffer_id{1};
+
+// Ring ends of channel c on rank (b, h); the spec comments in kernels/normal_plan.h say where each
+// word lives.
+Status BuildRings(NormalState& st, int c, ChannelRings& cr) {
+  const NormalPlan& P = st.plan;
+  const int L = P.L, NN = P.NN, b = st.node, me = st.rank, h = st.local;
+  ShmTransport& shm = st.ctx.node();
+  const auto S_n = static_cast<uint32_t>(P.cfg.node_slots), S_r = static_cast<uint32_t>(P.cfg.rdma_slots);
+  const auto slot = static_cast<uint32_t>(P.slot);
+  cr.nd_send.resize(L);
+  cr.nd_recv.resize(L);
+  cr.nc_send.resize(L * NN);
+  cr.nc_recv.resize(L * NN);
+  for (int l = 0; l < L; ++l) {
+    const int peer = st.RankOf(b, l);
+    cr.nd_send[l].InitShm(shm, {me, peer, P.NdSlots(c, h), S_n, slot, P.NdTail(c, h), P.NdCredit(c, l), 0});
+    cr.nd_recv[l].InitShm(shm, {peer, me, P.NdSlots(c, l), S_n, slot, P.NdTail(c, l), P.NdCredit(c, h), 0});
+    for (int a = 0; a < NN; ++a) {
+      cr.nc_send[l * NN + a].InitShm(
+          shm, {me, peer, P.NcSlots(c, h, a), S_n, slot, P.NcTail(c, h, a), P.NcCredit(c, l, a), 0});
+      cr.nc_recv[l * NN + a].InitShm(
+          shm, {peer, me, P.NcSlots(c, l, a), S_n, slot, P.NcTail(c, l, a), P.NcCredit(c, h, a), 0});
+    }
+  }
+  cr.acc.assign(P.lim.max_hidden, 0.0f);
+  cr.own_partial.assign(P.lim.max_hidden, bf16{0});
+  if (NN == 1) return Status::Ok();
+  cr.rd_send.resize(NN);
+  cr.rd_recv.resize(NN);
+  cr.rc_send.resize(NN);
+  cr.rc_recv.resize(NN);
+  RdmaDomain& d = *st.rdma;
+  // Counter bases: read by the owner before the creation barrier, i.e. before any peer posts.
+  auto base = [&](size_t off) { return d.ReadCounter(off); };
+  for (int n = 0; n < NN; ++n) {
+    if (n == b) continue;
+    const int peer = st.RankOf(n, h);
+    EPX_ASSIGN_OR_RETURN(uint64_t rd_credit, base(P.RdCredit(c, n)));
+    EPX_ASSIGN_OR_RETURN(uint64_t rd_tail, base(P.RdTail(c, n)));
+    EPX_ASSIGN_OR_RETURN(uint64_t rc_credit, base(P.RcCredit(c, n)));
+    EPX_ASSIGN_OR_RETURN(uint64_t rc_tail, base(P.RcTail(c, n)));
+    cr.rd_send[n].InitRdma(
+        d, c, st.heap(),
+        {me, peer, P.RdRecv(c, b), S_r, slot, P.RdTail(c, b), P.RdCredit(c, n), P.RdStage(c, n)}, rd_credit);
+    cr.rd_recv[n].InitRdma(
+        d, c, st.heap(), {peer, me, P.RdRecv(c, n), S_r, slot, P.RdTail(c, n), P.RdCredit(c, b), 0}, rd_tail);
+    cr.rc_send[n].InitRdma(
+        d, c, st.heap(),
+        {me, peer, P.RcRecv(c, b), S_r, slot, P.RcTail(c, b), P.RcCredit(c, n), P.RcStage(c, n)}, rc_credit);
+    cr.rc_recv[n].InitRdma(
+        d, c, st.heap(), {peer, me, P.RcRecv(c, n), S_r, slot, P.RcTail(c, n), P.RcCredit(c, b), 0}, rc_tail);
+  }
+  return Status::Ok();
+}
+
+Status CheckSize(const char* what, size_t got, size_t want, const char* shape) {
+  if (got != want)
+    return EPX_ERROR(kInvalidArgument, "{}: {} has {} elements, expected {} = {}", what, shape, got, shape,
+                     want);
+  return Status::Ok();
+}
+
+// Checks x (and scales) of a dispatch input against its shape.
+Status CheckTokens(const DispatchInput& in, const NormalLimits& lim, const char* what) {
+  if (in.num_tokens < 0) return EPX_ERROR(kInvalidArgument, "{}: num_tokens {} < 0", what, in.num_tokens);
+  if (in.hidden < 1 || in.hidden > lim.max_hidden)
+    return EPX_ERROR(kInvalidArgument, "{}: hidden {} not in 1..{} (the buffer's max_hidden)", what,
+                     in.hidden, lim.max_hidden);
+  const size_t n = static_cast<size_t>(in.num_tokens),
+               hb = static_cast<size_t>(in.hidden) * DtypeBytes(in.dtype);
+  if (in.x.size() != n * hb)
+    return EPX_ERROR(kInvalidArgument, "{}: x has {} bytes, expected [N={}, H={}] x {} bytes = {}", what,
+                     in.x.size(), in.num_tokens, in.hidden, DtypeBytes(in.dtype), n * hb);
+  const size_t want_scales = in.dtype == TokenDtype::kFp8 ? n * Fp8NumBlocks(in.hidden) : 0;
+  if (in.x_scales.size() != want_scales)
+    return EPX_ERROR(kInvalidArgument, "{}: x_scales has {} floats, expected {} ({})", what,
+                     in.x_scales.size(), want_scales,
+                     in.dtype == TokenDtype::kFp8 ? "[N, ceil(H/128)] for FP8" : "none for BF16");
+  if (in.expert_alignment < 1 || in.num_worst_tokens < 0)
+    return EPX_ERROR(kInvalidArgument, "{}: expert_alignment {} must be >= 1 and num_worst_tokens {} >= 0",
+                     what, in.expert_alignment, in.num_worst_tokens);
+  return Status::Ok();
+}
+
+// Sizes the outputs for `rows` rows and marks rows >= M unused.
+void PrepareOutput(const DispatchInput& in, int M, int K, bool weights, DispatchOutput* out) {
+  const int rows = in.num_worst_tokens > 0 ? in.num_worst_tokens : M;
+  const size_t hb = static_cast<size_t>(in.hidden) * DtypeBytes(in.dtype);
+  const size_t nb = in.dtype == TokenDtype::kFp8 ? Fp8NumBlocks(in.hidden) : 0;
+  out->num_recv_tokens = M;
+  out->num_rows = rows;
+  out->hidden = in.hidden;
+  out->dtype = in.dtype;
+  out->x.resize(rows * hb);
+  out->x_scales.resize(rows * nb);
+  out->topk_idx.resize(static_cast<size_t>(rows) * K);
+  out->topk_weights.resize(weights ? static_cast<size_t>(rows) * K : 0);
+  out->src_idx.resize(rows);
+  std::fill(out->x.begin() + M * hb, out->x.end(), 0);
+  std::fill(out->x_scales.begin() + M * nb, out->x_scales.end(), 0.0f);
+  std::fill(out->topk_idx.begin() + static_cast<size_t>(M) * K, out->topk_idx.end(), -1);
+  if (weights)
+    std::fill(out->topk_weights.begin() + static_cast<size_t>(M) * K, out->topk_weights.end(), 0.0f);
+  std::fill(out->src_idx.begin() + M, out->src_idx.end(), -1);
+}
+
+// Every rank must lay out the same rings: checks that all ranks asked for the same config and
+// limits, and resolves num_channels = 0 (auto) to the CPUs this rank may run on, capped at
+// kAutoMaxChannels, minimum over ranks. Collective.
+StatusOr<NormalConfig> AgreeOnConfig(Context& ctx, const NormalConfig& cfg, const NormalLimits& lim) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  struct Mine {
+    int cfg[6], lim[3], cpus;
+  } mine{{cfg.num_channels, cfg.node_slots, cfg.node_chunk, cfg.rdma_slots, cfg.rdma_chunk, cfg.idle_yields},
+         {lim.max_hidden, lim.max_topk, lim.max_local_experts},
+         std::clamp(cpus, 1, kAutoMaxChannels)};
+  EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod("normal-buffer-config", mine));
+  NormalConfig out = cfg;
+  int min_cpus = mine.cpus;
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (std::memcmp(all[r].cfg, mine.cfg, sizeof(mine.cfg)) != 0 ||
+        std::memcmp(all[r].lim, mine.lim, sizeof(mine.lim)))
+      return EPX_ERROR(
+          kInvalidArgument,
+          "normal buffer: rank {} asked for a different config or limits than rank {} (EPX_NORMAL_* "
+          "and NormalLimits must be equal on all ranks)",
+          r, ctx.rank());
+    min_cpus = std::min(min_cpus, all[r].cpus);
+  }
+  if (out.num_channels == 0) out.num_channels = min_cpus;
+  return out;
+}
+
+// A call may run: the buffer is intact and the handle (if any) is one of its own.
+Status CheckUsable(const NormalState& st, const NormalHandle* h, const char* what) {
+  if (st.broken) return EPX_ERROR(kFailedPrecondition, "{}: an earlier call on this buffer failed", what);
+  if (h && h->buffer_id != st.id)
+    return EPX_ERROR(kInvalidArgument, "{}: the handle was not made by this buffer", what);
+  return Status::Ok();
+}
+
+// Runs one call on every channel thread. A failing channel stops the others (job.abort); a failed
+// call leaves the buffer unusable, since its rings hold an unknown part of the call.
+template <typename Job>
+Status RunChannels(NormalState& st, Job& job, Status (*channel)(NormalState&, Job&, int)) {
+  auto run = [&](int c) {
+    Status s = channel(st, job, c);
+    if (!s.ok()) job.abort.store(true, std::memory_order_relaxed);
+    return s;
+  };
+  Status s = st.pool->Run(run);
+  if (!s.ok()) st.broken = true;
+  return s;
+}
+
+// The data phase of both dispatch flavours: outputs for the handle's M rows, then the channel threads.
+// `record`: the handle to record forwarded masks in (non-cached dispatch, which also carries top-k).
+Status RunDispatch(NormalState& st, const DispatchInput& in, const NormalHandle& h, NormalHandle* record,
+                   DispatchOutput* out) {
+  const int M = h.num_recv_tokens, K = record ? in.topk : 0;
+  if (in.num_worst_tokens > 0 && in.num_worst_tokens < M) {
+    st.broken = true;  // peers may already be sending: this rank cannot take part any more
+    return EPX_ERROR(kInvalidArgument, "normal dispatch: rank {} receives {} tokens > num_worst_tokens {}",
+                     st.rank, M, in.num_worst_tokens);
+  }
+  PrepareOutput(in, M, K, /*weights=*/K > 0, out);
+  out->tokens_per_expert = h.tokens_per_expert;
+  for (int& c : out->tokens_per_expert)
+    c = (c + in.expert_alignment - 1) / in.expert_alignment * in.expert_alignment;
+  DispatchJob job;
+  job.in = &in;
+  job.out = out;
+  job.handle = &h;
+  job.record = record;
+  job.msg = DispatchMsgLayout::Make(in.hidden, K, in.dtype, st.plan.L);
+  return RunChannels(st, job, RunDispatchChannel);
+}
+
+}  // namespace
+
+NormalBuffer::NormalBuffer(std::unique_ptr<NormalState> s) : s_(std::move(s)) {}
+NormalBuffer::~NormalBuffer() = default;
+
+const NormalConfig& NormalBuffer::config() const {
+  return s_->plan.cfg;
+}
+const NormalLimits& NormalBuffer::limits() const {
+  return s_->plan.lim;
+}
+int NormalBuffer::num_nodes() const {
+  return s_->plan.NN;
+}
+std::string NormalBuffer::rdma_kind() const {
+  return s_->rdma ? s_->rdma->caps().kind : "";
+}
+
+StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const NormalConfig& requested,
+                                                             const NormalLimits& lim) {
+  EPX_ASSIGN_OR_RETURN(const NormalConfig cfg, AgreeOnConfig(ctx, requested, lim));
+  const Placement& pl = ctx.placement();
+  auto st = std::make_unique<NormalState>(ctx);
+  st->rank = pl.rank;
+  st->node = pl.node;
+  st->local = pl.local_rank;
+  st->timeout_ms = ctx.options().timeout_ms;
+  EPX_ASSIGN_OR_RETURN(size_t bytes, NormalHeapBytes(cfg, lim, pl.world_size, pl.local_size));
+  auto off_or = ctx.allocator().Allocate(bytes, 4096, "normal dispatch/combine buffer");
+  if (!off_or.ok())  // the allocator logged it; add what the buffer is made of and which knobs shrink it
+    return std::move(off_or).status().With(fmt::format(
+        "normal buffer: {} channels, {}-slot node rings of {} B, {} local ranks, {} nodes (lower "
+        "EPX_NORMAL_CHANNELS / EPX_NORMAL_NODE_SLOTS / EPX_NORMAL_RDMA_SLOTS or raise EPX_HEAP_SIZE)",
+        cfg.num_channels, cfg.node_slots, NormalSlotBytes(lim, pl.local_size), pl.local_size, pl.num_nodes));
+  const size_t off = *off_or;
+  EPX_ASSIGN_OR_RETURN(st->plan, NormalPlan::Make(cfg, lim, pl.world_size, pl.local_size, off));
+  const NormalPlan& P = st->plan;
+  std::memset(st->heap() + P.zero_begin(), 0, P.zero_end() - P.zero_begin());
+  if (P.NN > 1) {
+    EPX_ASSIGN_OR_RETURN(RdmaOptions ro, RdmaOptions::FromEnv());
+    ro.channels = P.C;
+    ro.counter_off = P.counters_begin();
+    ro.counter_bytes = P.counters_bytes();
+    ro.timeout_ms = st->timeout_ms;
+    ro.peers.clear();
+    for (int n = 0; n < P.NN; ++n)
+      if (n != st->node) ro.peers.push_back(st->RankOf(n, st->local));
+    EPX_ASSIGN_OR_RETURN(st->rdma, CreateRdmaDomain(ctx, ro));
+    EPX_ASSIGN_OR_RETURN(st->notify_base, st->rdma->ReadCounter(P.NotifyCounter()));
+  }
+  st->channels.resize(P.C);
+  for (int c = 0; c < P.C; ++c) EPX_RETURN_IF_ERROR(BuildRings(*st, c, st->channels[c]));
+  // Nobody touches a peer's words or counters before every rank has zeroed its own / read its bases.
+  EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier("normal-buffer-create"));
+  st->pool = std::make_unique<WorkerPool>(P.C);
+  st->idle = BackoffPolicy::Default();
+  st->idle.yield_iters = static_cast<uint32_t>(cfg.idle_yields);
+  st->id = g_next_buffer_id.fetch_add(1) ^ (static_cast<uint64_t>(P.begin) << 20);
+  if (pl.rank == 0)
+    EPX_INFO("normal buffer: {} channels, node ring {} x {} B slots, rdma ring {} slots ({}), {} MiB of heap",
+             P.C, P.cfg.node_slots, P.slot, P.cfg.rdma_slots, st->rdma ? st->rdma->caps().kind : "none",
+             bytes >> 20);
+  return std::unique_ptr<NormalBuffer>(new NormalBuffer(std::move(st)));
+}
+
+Status NormalBuffer::Dispatch(const DispatchInput& in, DispatchOutput* out, NormalHandle* handle) {
+  NormalState& st = *s_;
+  const NormalPlan& P = st.plan;
+  EPX_RETURN_IF_ERROR(CheckUsable(st, nullptr, "normal dispatch"));
+  EPX_RETURN_IF_ERROR(CheckTokens(in, P.lim, "normal dispatch"));
+  if (in.topk < 1 || in.topk > P.lim.max_topk)
+    return EPX_ERROR(kInvalidArgument, "normal dispatch: topk {} not in 1..{} (the buffer's max_topk)",
+                     in.topk, P.lim.max_topk);
+  if (in.num_experts % P.R != 0 || in.num_experts / P.R < 1 || in.num_experts / P.R > P.lim.max_local_experts)
+    return EPX_ERROR(
+        kInvalidArgument,
+        "normal dispatch: {} experts over {} ranks: need E % R == 0 and 1 <= E/R <= {} (max_local_experts)",
+        in.num_experts, P.R, P.lim.max_local_experts);
+  const size_t nk = static_cast<size_t>(in.num_tokens) * in.topk;
+  EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_idx.size(), nk, "topk_idx [N, K]"));
+  EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_weights.size(), nk, "topk_weights [N, K]"));
+  EPX_ASSIGN_OR_RETURN(DispatchLayout layout, ComputeLayout(in.topk_idx, in.num_tokens, in.topk,
+                                                            ExpertPlacement{in.num_experts, P.R, P.L}));
+  NormalHandle& h = *handle;
+  h.buffer_id = st.id;
+  h.num_ranks = P.R;
+  h.local_size = P.L;
+  h.num_channels = P.C;
+  h.num_experts = in.num_experts;
+  h.num_tokens = in.num_tokens;
+  h.is_token_in_rank = std::move(layout.is_token_in_rank);
+  Status s = ExchangeCounts(st, layout.tokens_per_expert,
+                            ShapeSignature(in.hidden, in.dtype, in.topk, in.num_experts), &h);
+  if (!s.ok()) {
+    // A shape mismatch is found by every rank after a complete exchange, before any ring moved: the
+    // buffer stays usable. Anything else (a timeout) leaves peers mid-exchange.
+    if (s.code() != Code::kInvalidArgument) st.broken = true;
+    return s;
+  }
+  EPX_RETURN_IF_ERROR(RunDispatch(st, in, h, &h, out));
+  h.recv_src_idx.assign(out->src_idx.begin(), out->src_idx.begin() + h.num_recv_tokens);
+  return Status::Ok();
+}
+
+Status NormalBuffer::Dispatch(const NormalHandle& h, const DispatchInput& in, DispatchOutput* out) {
+  NormalState& st = *s_;
+  const NormalPlan& P = st.plan;
+  EPX_RETURN_IF_ERROR(CheckUsable(st, &h, "cached dispatch"));
+  EPX_RETURN_IF_ERROR(CheckTokens(in, P.lim, "cached dispatch"));
+  if (!in.topk_idx.empty() || !in.topk_weights.empty())
+    return EPX_ERROR(kInvalidArgument,
+                     "cached dispatch: topk_idx/topk_weights must be empty (routing is the handle's)");
+  if (in.num_tokens != h.num_tokens)
+    return EPX_ERROR(kInvalidArgument, "cached dispatch: {} tokens, the handle routes {}", in.num_tokens,
+                     h.num_tokens);
+  return RunDispatch(st, in, h, nullptr, out);
+}
+
+Status NormalBuffer::Combine(const NormalHandle& h, const CombineInput& in, CombineOutput* out) {
+  NormalState& st = *s_;
+  const NormalPlan& P = st.plan;
+  EPX_RETURN_IF_ERROR(CheckUsable(st, &h, "normal combine"));
+  if (in.hidden < 1 || in.hidden > P.lim.max_hidden)
+    return EPX_ERROR(kInvalidArgument, "normal combine: hidden {} not in 1..{}", in.hidden, P.lim.max_hidden);
+  const size_t M = h.num_recv_tokens, N = h.num_tokens, H = in.hidden;
+  if (in.y.size() % H != 0 || in.y.size() / H < M)
+    return EPX_ERROR(kInvalidArgument,
+                     "normal combine: y has {} elements, expected [M={} (or more rows), H={}]", in.y.size(),
+                     M, H);
+  // K comes from in.topk, not from the span: a rank that received nothing passes an empty span but
+  // must still agree with its peers on the message layout.
+  if (in.topk < 0 || in.topk > P.lim.max_topk ||
+      (in.topk > 0 && (in.topk_weights.size() % in.topk != 0 || in.topk_weights.size() / in.topk < M)) ||
+      (in.topk == 0 && !in.topk_weights.empty()))
+    return EPX_ERROR(kInvalidArgument,
+                     "normal combine: topk_weights has {} elements, expected [M={} (or more rows), K={}] (K "
+                     "= 0: none; K <= {})",
+                     in.topk_weights.size(), M, in.topk, P.lim.max_topk);
+  if (!in.bias0.empty())
+    EPX_RETURN_IF_ERROR(CheckSize("normal combine", in.bias0.size(), N * H, "bias0 [N, H]"));
+  if (!in.bias1.empty())
+    EPX_RETURN_IF_ERROR(CheckSize("normal combine", in.bias1.size(), N * H, "bias1 [N, H]"));
+  const int K = in.topk;
+  out->x.resize(N * H);
+  out->topk_weights.resize(N * K);
+  CombineJob job;
+  job.in = &in;
+  job.out = out;
+  job.handle = &h;
+  job.msg = CombineMsgLayout::Make(in.hidden, K);
+  return RunChannels(st, job, RunCombineChannel);
+}
+
+}  // namespace epx

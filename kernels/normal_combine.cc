@@ -1,0 +1,291 @@
+// Combine: the progress loop of one channel thread of rank (b, h). Each pass runs three roles without
+// blocking; the loop ends when all three are done.
+//
+//   return   expert outputs: row i (from source s = (a, g), channel c) goes to forwarder (b, g), into
+//            the node combine ring of source node a. Rows of one source and channel are contiguous in
+//            the dispatch output and are sent in row order = the source's token order.
+//   forward  (several nodes) for each source node a != b, the tokens this rank forwarded in dispatch,
+//            in the same order (the handle's masks): once the head slot of the combine ring of every
+//            local rank in the mask holds the token's row, sum them in FP32 in ascending local rank,
+//            round to BF16 and send one RDMA message to the source. Weights: FP32 sums.
+//   reduce   this rank's own tokens of the channel in order: once every contribution is at the head
+//            of its ring (own node: the node combine rings of source node b; other nodes: the RDMA
+//            combine ring from each), acc = 0 (+bias0) (+bias1), then
+//              one node:  acc += y of each local rank ascending
+//              several:   acc += bf16(sum of own node's y, ascending) and += each remote partial, all
+//                         in ascending node order
+//            and round once to BF16. The same order as kernels/reference.cc.
+//
+// Rows whose forwarder is this rank itself (sources with our local index) skip the rings: the reducer
+// reads them straight from y, in the same order and at the same place in the sum.
+//
+// Rings are consumed strictly in order and reduced straight from their slots, so memory stays bounded
+// by the ring sizes for any N. Why this cannot deadlock: every ring carries one stream (one source
+// rank's tokens of one channel, or one source node's for a forwarder) in the order its consumer
+// processes them, so the message a consumer waits for is always the next one its producer will
+// write, and the producer's ring has room for it once the consumer has taken the earlier ones. Node
+// combine rings are split per source node for this reason: with one shared ring, a forwarder waiting
+// for credit from source node a could hold up rows that source node a' waits for, and a' could in turn
+// be holding up a.
+#include <cstring>
+
+#include "kernels/bf16_math.h"
+#include "kernels/normal_state.h"
+
+namespace epx {
+namespace {
+
+class CombineChannel {
+ public:
+  CombineChannel(NormalState& st, CombineJob& job, int c)
+      : st_(st),
+        job_(job),
+        h_(*job.handle),
+        P_(st.plan),
+        c_(c),
+        rings_(st.channels[c]),
+        L_(P_.L),
+        NN_(P_.NN),
+        H_(job.in->hidden),
+        K_(job.msg.topk) {}
+
+  Status Run();
+
+ private:
+  StatusOr<bool> Pass(bool* progressed);  // one non-blocking pass of all roles; true when all are done
+  Status Return(int s, bool* progressed);
+  Status Forward(int a, bool* progressed);
+  Status Reduce(bool* progressed);
+  // Whether the head slot of every node combine ring (local l in mask, source node a) is filled.
+  StatusOr<bool> NodeRowsReady(uint32_t mask, int a);
+  // Appends those rows to terms (ascending l) and adds their weights to wsum; consumes them. The
+  // slots stay valid until the Release at the end of the pass.
+  void TakeNodeRows(uint32_t mask, int a, const bf16** terms, int* num_terms, float* wsum);
+  Status ReleaseAndPublish();
+  std::string Diagnose() const;
+
+  NormalState& st_;
+  CombineJob& job_;
+  const NormalHandle& h_;
+  const NormalPlan& P_;
+  const int c_;
+  ChannelRings& rings_;
+  const int L_, NN_, H_, K_;
+  int t0_ = 0, t1_ = 0, token_ = 0;  // own tokens of the channel; next to reduce
+  int row_[kMaxNodes * kMaxLocalRanks] = {}, row_end_[kMaxNodes * kMaxLocalRanks] = {};  // per source
+  int fwd_[kMaxNodes] = {}, fwd_end_[kMaxNodes] = {};  // positions in the handle's masks, per source node
+  int self_row_[kMaxNodes] = {}, self_end_[kMaxNodes] = {};  // rows of source (a, our index), read in place
+  float wacc_[1024] = {}, wpart_[1024] = {};
+  const bf16* terms_[2 + kMaxLocalRanks + kMaxNodes] = {};  // rows of one sum, in summation order
+};
+
+Status CombineChannel::Return(int s, bool* progressed) {
+  RingSender& ring = rings_.nc_send[(s % L_) * NN_ + s / L_];
+  const CombineInput& in = *job_.in;
+  int& i = row_[s];
+  while (i < row_end_[s]) {
+    EPX_ASSIGN_OR_RETURN(bool room, ring.HasRoom());
+    if (!room) break;
+    uint8_t* m = ring.NextSlot();
+    std::memcpy(m, in.y.data() + static_cast<size_t>(i) * H_, 2 * static_cast<size_t>(H_));
+    if (K_)
+      std::memcpy(m + job_.msg.weights_off, in.topk_weights.data() + static_cast<size_t>(i) * K_,
+                  4 * static_cast<size_t>(K_));
+    ring.Push();
+    ++i;
+    *progressed = true;
+    if (ring.unpublished() >= static_cast<uint64_t>(P_.cfg.node_chunk))
+      EPX_RETURN_IF_ERROR(ring.Publish(job_.msg.bytes));
+  }
+  return Status::Ok();
+}
+
+StatusOr<bool> CombineChannel::NodeRowsReady(uint32_t mask, int a) {
+  for (int l = 0; l < L_; ++l) {
+    if (!(mask >> l & 1) || l == st_.local) continue;  // our own rows are always there
+    EPX_ASSIGN_OR_RETURN(uint64_t avail, rings_.nc_recv[l * NN_ + a].Available());
+    if (avail == 0) return false;
+  }
+  return true;
+}
+
+void CombineChannel::TakeNodeRows(uint32_t mask, int a, const bf16** terms, int* num_terms, float* wsum) {
+  const CombineInput& in = *job_.in;
+  for (int l = 0; l < L_; ++l) {
+    if (!(mask >> l & 1)) continue;
+    const float* w;
+    if (l == st_.local) {
+      const size_t row = static_cast<size_t>(self_row_[a]++);
+      terms[(*num_terms)++] = in.y.data() + row * H_;
+      w = in.topk_weights.data() + row * K_;
+    } else {
+      RingReceiver& r = rings_.nc_recv[l * NN_ + a];
+      const uint8_t* m = r.Slot(0);
+      terms[(*num_terms)++] = reinterpret_cast<const bf16*>(m);
+      w = reinterpret_cast<const float*>(m + job_.msg.weights_off);
+      r.Consume(1);
+    }
+    for (int k = 0; k < K_; ++k) wsum[k] += w[k];
+  }
+}
+
+Status CombineChannel::Forward(int a, bool* progressed) {
+  RingSender& out = rings_.rc_send[a];
+  const uint32_t* masks = h_.fwd_masks.data();
+  int& j = fwd_[a];
+  while (j < fwd_end_[a]) {
+    EPX_ASSIGN_OR_RETURN(bool ready, NodeRowsReady(masks[j], a));
+    if (!ready) break;
+    EPX_ASSIGN_OR_RETURN(bool room, out.HasRoom());
+    if (!room) break;
+    int n = 0;
+    std::fill(wpart_, wpart_ + K_, 0.0f);
+    TakeNodeRows(masks[j], a, terms_, &n, wpart_);
+    uint8_t* m = out.NextSlot();
+    SumBf16Rows(reinterpret_cast<bf16*>(m), rings_.acc.data(), terms_, n, H_);  // the node's partial
+    if (K_) std::memcpy(m + job_.msg.weights_off, wpart_, 4 * static_cast<size_t>(K_));
+    out.Push();
+    ++j;
+    *progressed = true;
+    if (out.unpublished() >= static_cast<uint64_t>(P_.cfg.rdma_chunk))
+      EPX_RETURN_IF_ERROR(out.Publish(job_.msg.bytes));
+  }
+  return Status::Ok();
+}
+
+Status CombineChannel::Reduce(bool* progressed) {
+  const CombineInput& in = *job_.in;
+  CombineOutput& out = *job_.out;
+  const int b = st_.node;
+  for (; token_ < t1_; ++token_) {
+    const int t = token_;
+    uint32_t own = 0;
+    uint64_t nodes = 0;
+    for (int n = 0; n < NN_; ++n)
+      for (int l = 0; l < L_; ++l)
+        if (h_.InRank(t, n * L_ + l)) {
+          nodes |= uint64_t{1} << n;
+          if (n == b) own |= 1u << l;
+        }
+    EPX_ASSIGN_OR_RETURN(bool ready, NodeRowsReady(own, b));
+    for (int n = 0; n < NN_ && ready; ++n) {
+      if (n == b || !(nodes >> n & 1)) continue;
+      EPX_ASSIGN_OR_RETURN(uint64_t avail, rings_.rc_recv[n].Available());
+      ready = avail > 0;
+    }
+    if (!ready) break;
+
+    // The terms of the sum, in the documented order: bias0, bias1, then one node: each rank's row;
+    // several nodes: each node's partial (our own node's made here, rounded like the others).
+    const size_t x0 = static_cast<size_t>(t) * H_;
+    int nt = 0;
+    if (!in.bias0.empty()) terms_[nt++] = in.bias0.data() + x0;
+    if (!in.bias1.empty()) terms_[nt++] = in.bias1.data() + x0;
+    std::fill(wacc_, wacc_ + K_, 0.0f);
+    if (NN_ == 1) {
+      TakeNodeRows(own, b, terms_, &nt, wacc_);
+    } else {
+      for (int n = 0; n < NN_; ++n) {
+        if (!(nodes >> n & 1)) continue;
+        if (n == b) {
+          const bf16* rows[kMaxLocalRanks];
+          int nr = 0;
+          std::fill(wpart_, wpart_ + K_, 0.0f);
+          TakeNodeRows(own, b, rows, &nr, wpart_);
+          SumBf16Rows(rings_.own_partial.data(), rings_.acc.data(), rows, nr, H_);
+          terms_[nt++] = rings_.own_partial.data();
+        } else {
+          RingReceiver& r = rings_.rc_recv[n];
+          const uint8_t* m = r.Slot(0);
+          terms_[nt++] = reinterpret_cast<const bf16*>(m);
+          std::memcpy(wpart_, m + job_.msg.weights_off, 4 * static_cast<size_t>(K_));
+          r.Consume(1);
+        }
+        for (int k = 0; k < K_; ++k) wacc_[k] += wpart_[k];
+      }
+    }
+    SumBf16Rows(&out.x[x0], rings_.acc.data(), terms_, nt, H_);
+    if (K_) std::memcpy(&out.topk_weights[static_cast<size_t>(t) * K_], wacc_, 4 * static_cast<size_t>(K_));
+    *progressed = true;
+  }
+  return Status::Ok();
+}
+
+Status CombineChannel::ReleaseAndPublish() {
+  for (auto& r : rings_.nc_recv) EPX_RETURN_IF_ERROR(r.Release());
+  for (auto& s : rings_.nc_send) EPX_RETURN_IF_ERROR(s.Publish(job_.msg.bytes));
+  if (NN_ == 1) return Status::Ok();
+  for (int n = 0; n < NN_; ++n) {
+    if (n == st_.node) continue;
+    EPX_RETURN_IF_ERROR(rings_.rc_recv[n].Release());
+    EPX_RETURN_IF_ERROR(rings_.rc_send[n].Publish(job_.msg.bytes));
+  }
+  return st_.rdma->Flush(c_);
+}
+
+std::string CombineChannel::Diagnose() const {
+  std::string s = fmt::format("normal combine: rank {} channel {} stuck;", st_.rank, c_);
+  for (int r = 0; r < P_.R; ++r)
+    if (row_[r] < row_end_[r])
+      s += fmt::format(" return to source {}: row {} of [.., {}) ({});", r, row_[r], row_end_[r],
+                       rings_.nc_send[(r % L_) * NN_ + r / L_].Describe());
+  for (int a = 0; a < NN_; ++a)
+    if (fwd_[a] < fwd_end_[a])
+      s += fmt::format(" forward to node {}: token {} of {};", a, fwd_[a], fwd_end_[a]);
+  if (token_ < t1_) s += fmt::format(" reduce own token {} of [{}, {});", token_, t0_, t1_);
+  for (const auto& r : rings_.nc_recv) s += " " + r.Describe() + ";";
+  return s;
+}
+
+Status CombineChannel::Run() {
+  if (K_ > 1024) return EPX_ERROR(kInvalidArgument, "combine: topk {} > 1024", K_);
+  ChannelRange(h_.num_tokens, P_.C, c_, &t0_, &t1_);
+  token_ = t0_;
+  for (int s = 0; s < P_.R; ++s) {
+    const int* p = &h_.recv_channel_prefix[static_cast<size_t>(s) * (P_.C + 1)];
+    row_[s] = h_.rank_prefix[s] + p[c_];
+    row_end_[s] = h_.rank_prefix[s] + p[c_ + 1];
+    if (s % L_ == st_.local) {  // we are this source's forwarder: its rows are read in place
+      self_row_[s / L_] = row_[s];
+      self_end_[s / L_] = row_end_[s];
+      row_[s] = row_end_[s];
+    }
+  }
+  for (int a = 0; a < NN_; ++a) {
+    const int* fp = &h_.fwd_prefix[static_cast<size_t>(c_) * (NN_ + 1)];
+    fwd_[a] = a == st_.node ? fp[a + 1] : fp[a];
+    fwd_end_[a] = fp[a + 1];
+  }
+  EPX_RETURN_IF_ERROR(RunProgressLoop(
+      st_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); }));
+  for (int a = 0; a < NN_; ++a)  // the masks and the row counts of the handle must agree
+    EPX_CHECK_OR_RETURN(self_row_[a] == self_end_[a], "rank {} channel {} read {} of its rows of node {}",
+                        st_.rank, c_, self_row_[a], a);
+  return Status::Ok();
+}
+
+StatusOr<bool> CombineChannel::Pass(bool* progressed) {
+  bool done = true;
+  for (int i = 0; i < P_.R; ++i) {
+    const int s = (st_.rank + i) % P_.R;  // start at our own rank: spread the load over destinations
+    EPX_RETURN_IF_ERROR(Return(s, progressed));
+    done &= row_[s] == row_end_[s];
+  }
+  for (int a = 0; a < NN_; ++a) {
+    if (a == st_.node) continue;
+    EPX_RETURN_IF_ERROR(Forward(a, progressed));
+    done &= fwd_[a] == fwd_end_[a];
+  }
+  EPX_RETURN_IF_ERROR(Reduce(progressed));
+  done &= token_ == t1_;
+  EPX_RETURN_IF_ERROR(ReleaseAndPublish());
+  return done;
+}
+
+}  // namespace
+
+Status RunCombineChannel(NormalState& st, CombineJob& job, int c) {
+  return CombineChannel(st, job, c).Run();
+}
+
+}  // namespace epx

@@ -1,0 +1,162 @@
+// The count exchange of a (non-cached) Dispatch (DeepEP's notify_dispatch).
+//
+// Every rank needs, for each source rank s: how many tokens s sends it, per channel, and per local
+// expert. Source s builds one count row per destination rank. Rows reach a destination's count table
+// (in its heap, one row per source) in one hop inside the node (shared-memory put) and in two hops
+// across nodes: (a,g) RDMA-writes the block of rows for node b's ranks to its same-index rank (b,g)
+// (RDMA only flows between same-local-index ranks), which relays each row over shared memory. The
+// block also carries a node row: (a,g)'s per-channel count of tokens with any expert in node b, which
+// is what forwarder (b,g) will receive from it.
+//
+// Visibility: a row's body is put first, then its 8-byte stamp (= the exchange's epoch) with a release
+// store; a reader acquire-loads the stamp. RDMA blocks are signalled (write, then a fetch-add of the
+// receiver's arrival counter on the same QP), and the arrival counter is cumulative: after exchange e
+// it has grown by e*(NN-1) since creation.
+//
+// Reuse without barriers: tables, inboxes and outboxes have two copies, chosen by the epoch's parity.
+// A writer fills copy p in exchange e+2 only after finishing exchange e+1, which needed a row from
+// every rank of exchange e+1 (directly, or relayed by a rank that had received that rank's block);
+// every rank writes its e+1 rows after it has read everything of exchange e. So copy p is never
+// overwritten while a reader still needs it. Waiting for all R stamps is itself the barrier that makes
+// a later dispatch's data land in rings whose readers know the counts.
+#include <cstring>
+
+#include "kernels/normal_state.h"
+
+namespace epx {
+namespace {
+
+// Layout of a count row: [stamp u64][total i32][shape i32][chan i32 x C][expert i32 x E/R].
+struct CountRowRef {
+  uint8_t* p;
+  int C;
+  std::atomic<uint64_t>& stamp() const { return *reinterpret_cast<std::atomic<uint64_t>*>(p); }
+  int32_t& total() const { return *reinterpret_cast<int32_t*>(p + 8); }
+  uint32_t& shape() const { return *reinterpret_cast<uint32_t*>(p + 12); }
+  int32_t* chan() const { return reinterpret_cast<int32_t*>(p + 16); }
+  int32_t* expert() const { return reinterpret_cast<int32_t*>(p + 16 + 4 * static_cast<size_t>(C)); }
+};
+
+}  // namespace
+
+Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert, uint32_t shape,
+                      NormalHandle* h) {
+  const NormalPlan& P = st.plan;
+  const int R = P.R, L = P.L, NN = P.NN, C = P.C, me = st.rank, b = st.node, g = st.local;
+  const int epr = h->num_experts / R;
+  const size_t body = 8 + 4 * static_cast<size_t>(C + epr);  // bytes after the stamp
+  ShmTransport& shm = st.ctx.node();
+
+  // This rank's tokens per (channel, destination rank) and per (channel, destination node).
+  std::vector<int> chan(static_cast<size_t>(C) * R, 0), node_chan(static_cast<size_t>(C) * NN, 0);
+  for (int c = 0; c < C; ++c) {
+    int t0, t1;
+    ChannelRange(h->num_tokens, C, c, &t0, &t1);
+    for (int t = t0; t < t1; ++t)
+      for (int n = 0; n < NN; ++n) {
+        bool any = false;
+        for (int l = 0; l < L; ++l)
+          if (h->InRank(t, n * L + l)) chan[c * R + n * L + l]++, any = true;
+        if (any) node_chan[c * NN + n]++;
+      }
+  }
+  h->send_prefix.assign(static_cast<size_t>(C) * R, 0);
+  for (int c = 1; c < C; ++c)
+    for (int r = 0; r < R; ++r)
+      h->send_prefix[c * R + r] = h->send_prefix[(c - 1) * R + r] + chan[(c - 1) * R + r];
+
+  const uint64_t e = ++st.epoch;
+  const int p = static_cast<int>(e & 1);
+  auto fill_row = [&](uint8_t* at, int r) {
+    CountRowRef row{at, C};
+    int total = 0;
+    for (int c = 0; c < C; ++c) total += row.chan()[c] = chan[c * R + r];
+    row.total() = total;
+    row.shape() = shape;
+    std::memcpy(row.expert(), &tokens_per_expert[static_cast<size_t>(r) * epr], 4 * static_cast<size_t>(epr));
+  };
+  auto put_row = [&](int dst, int src, const uint8_t* row) -> Status {
+    EPX_RETURN_IF_ERROR(shm.Put(dst, P.CountRow(p, src) + 8, row + 8, body));
+    shm.AtomicStore(dst, P.CountRow(p, src), e);  // release: the body above is visible first
+    return Status::Ok();
+  };
+
+  for (int n = 0; n < NN; ++n) {
+    uint8_t* box = st.heap() + P.Outbox(p, n);  // own node's outbox is just the staging of these rows
+    for (int l = 0; l < L; ++l) fill_row(box + l * P.count_row, n * L + l);
+    CountRowRef node_row{box + L * P.count_row, C};
+    for (int c = 0; c < C; ++c) node_row.chan()[c] = node_chan[c * NN + n];
+    if (n == b) {
+      for (int l = 0; l < L; ++l) EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
+    } else {
+      EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Outbox(p, n), P.Inbox(p, b),
+                                          (L + 1) * P.count_row, P.NotifyCounter(), 1));
+    }
+  }
+  if (NN > 1) {
+    EPX_RETURN_IF_ERROR(st.rdma->Flush(0));
+    EPX_RETURN_IF_ERROR(
+        st.rdma->WaitCounter(P.NotifyCounter(), st.notify_base + e * (NN - 1),
+                             "normal dispatch count exchange (blocks from same-index ranks)"));
+    for (int a = 0; a < NN; ++a) {
+      if (a == b) continue;
+      const uint8_t* box = st.heap() + P.Inbox(p, a);
+      for (int l = 0; l < L; ++l)
+        EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), st.RankOf(a, g), box + l * P.count_row));
+    }
+    EPX_RETURN_IF_ERROR(st.rdma->Quiet(0));  // outbox copy p is rewritten two exchanges later
+  }
+
+  // Wait for a row from every source (the acquire loads make their bodies visible).
+  int next = 0;
+  EPX_RETURN_IF_ERROR(WaitUntil(
+      [&] {
+        for (; next < R; ++next)
+          if (shm.AtomicLoad(me, P.CountRow(p, next)) < e) return false;
+        return true;
+      },
+      Deadline::After(std::chrono::milliseconds(st.timeout_ms)),
+      [&] {
+        std::string missing;
+        for (int s = 0; s < R; ++s)
+          if (shm.AtomicLoad(me, P.CountRow(p, s)) < e) missing += fmt::format(" {}", s);
+        return fmt::format(
+            "normal dispatch count exchange #{} on rank {}: no counts from ranks{} after {} ms", e, me,
+            missing, st.timeout_ms);
+      }));
+
+  h->rank_prefix.assign(R + 1, 0);
+  h->recv_channel_prefix.assign(static_cast<size_t>(R) * (C + 1), 0);
+  h->tokens_per_expert.assign(epr, 0);
+  for (int s = 0; s < R; ++s) {
+    CountRowRef row{st.heap() + P.CountRow(p, s), C};
+    int* rcp = &h->recv_channel_prefix[static_cast<size_t>(s) * (C + 1)];
+    for (int c = 0; c < C; ++c) rcp[c + 1] = rcp[c] + row.chan()[c];
+    if (rcp[C] != row.total())
+      return EPX_ERROR(kInternal,
+                       "count exchange: rank {} got a row from rank {} whose channels sum to {} not {}", me,
+                       s, rcp[C], row.total());
+    if (row.shape() != shape)
+      return EPX_ERROR(
+          kInvalidArgument,
+          "normal dispatch: rank {} called with a different hidden/dtype/topk/num_experts than rank {} "
+          "(shape signature {:#x} vs {:#x}): all ranks must dispatch the same shape",
+          s, me, row.shape(), shape);
+    h->rank_prefix[s + 1] = h->rank_prefix[s] + row.total();
+    for (int j = 0; j < epr; ++j) h->tokens_per_expert[j] += row.expert()[j];
+  }
+  h->num_recv_tokens = h->rank_prefix[R];
+  h->fwd_prefix.assign(static_cast<size_t>(C) * (NN + 1), 0);
+  for (int c = 0, off = 0; c < C; ++c) {
+    int* fp = &h->fwd_prefix[static_cast<size_t>(c) * (NN + 1)];
+    for (int a = 0; a < NN; ++a) {
+      fp[a] = off;
+      if (a != b) off += CountRowRef{st.heap() + P.Inbox(p, a) + L * P.count_row, C}.chan()[c];
+    }
+    fp[NN] = off;
+  }
+  h->fwd_masks.assign(h->fwd_prefix.empty() ? 0 : h->fwd_prefix.back(), 0);
+  return Status::Ok();
+}
+
+}  // namespace epx

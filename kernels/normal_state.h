@@ -1,0 +1,154 @@
+// kernels/normal_state.h: internals of NormalBuffer shared by its files: the per-rank state, the ring
+// ends of each channel, the per-call jobs the channel threads run, and the progress-loop helper.
+//
+// Files: normal.cc (API, validation, setup), normal_notify.cc (count exchange), normal_dispatch.cc and
+// normal_combine.cc (channel progress loops), ring.cc (the credit ring), normal_config.cc (layouts).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/wait.h"
+#include "kernels/normal.h"
+#include "kernels/normal_plan.h"
+#include "kernels/ring.h"
+#include "kernels/worker_pool.h"
+#include "transport/rdma.h"
+
+namespace epx {
+
+// The ring ends one channel thread owns. Sequence numbers persist across calls (kernels/ring.h).
+struct ChannelRings {
+  std::vector<RingSender> nd_send;    // [L]       node dispatch, to local rank l
+  std::vector<RingReceiver> nd_recv;  // [L]       node dispatch, from forwarder local g
+  std::vector<RingSender> nc_send;    // [L * NN]  node combine, to forwarder g for source node a: g*NN+a
+  std::vector<RingReceiver> nc_recv;  // [L * NN]  node combine, from local h for source node a: h*NN+a
+  std::vector<RingSender> rd_send;    // [NN]      RDMA dispatch to node b (own node unused)
+  std::vector<RingReceiver> rd_recv;  // [NN]      RDMA dispatch from node a
+  std::vector<RingSender> rc_send;    // [NN]      RDMA combine to source node a
+  std::vector<RingReceiver> rc_recv;  // [NN]      RDMA combine from node b
+  std::vector<float> acc;             // [max_hidden] FP32 reduction scratch
+  std::vector<bf16> own_partial;      // [max_hidden] own node's BF16 partial (several nodes)
+};
+
+struct NormalState {
+  Context& ctx;
+  NormalPlan plan;
+  uint64_t id = 0;
+  int rank = 0, node = 0, local = 0;
+  int64_t timeout_ms = 60000;
+  std::unique_ptr<RdmaDomain> rdma;  // several nodes only
+  uint64_t notify_base = 0;          // NotifyCounter at creation
+  uint64_t epoch = 0;                // count exchanges done
+  std::vector<ChannelRings> channels;
+  std::unique_ptr<WorkerPool> pool;
+  BackoffPolicy idle;   // channel threads' back-off: the generic one with cfg.idle_yields yields
+  bool broken = false;  // a call failed midway: rings are in an unknown state
+
+  explicit NormalState(Context& c) : ctx(c) {}
+  int RankOf(int node_index, int l) const { return node_index * plan.L + l; }
+  uint8_t* heap() const { return ctx.heap().base(); }
+};
+
+// Tokens [begin, end) of channel c on a rank with n tokens: contiguous ranges of ceil(n/C).
+inline void ChannelRange(int n, int C, int c, int* begin, int* end) {
+  const int per = (n + C - 1) / C;
+  *begin = std::min(n, per * c);
+  *end = std::min(n, per * (c + 1));
+}
+
+// The rows one rank expects from the forwarder with local index g on channel c: tokens of sources
+// (a, g) for every node a, in that channel.
+inline int ExpectedFromForwarder(const NormalHandle& h, int g, int c) {
+  const int L = h.local_size, NN = h.num_ranks / L, C = h.num_channels;
+  int n = 0;
+  for (int a = 0; a < NN; ++a) {
+    const int* p = &h.recv_channel_prefix[static_cast<size_t>(a * L + g) * (C + 1)];
+    n += p[c + 1] - p[c];
+  }
+  return n;
+}
+
+// Progress-loop pacing of a channel thread: back off after a pass without progress, give up after
+// EPX_TIMEOUT without progress or when another channel failed.
+class ProgressWatch {
+ public:
+  ProgressWatch(int64_t timeout_ms, const BackoffPolicy& policy, const std::atomic<bool>* abort)
+      : timeout_ms_(timeout_ms), abort_(abort), backoff_(policy) {}
+  // After each pass. Returns an error when the call must stop; `diag()` names what was missing.
+  template <typename Diag>
+  Status AfterPass(bool progressed, Diag&& diag) {
+    if (progressed) {
+      backoff_.Reset();
+      idle_ = 0;
+      return Status::Ok();
+    }
+    if (idle_++ == 0) {
+      deadline_ = Deadline::After(std::chrono::milliseconds(timeout_ms_));  // an idle stretch starts
+    } else if ((idle_ & 63) == 0) {
+      if (abort_->load(std::memory_order_relaxed))  // not logged: the failing channel logged the cause
+        return Status(Code::kFailedPrecondition, "stopped: another channel of this rank failed");
+      if (deadline_.Expired()) return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
+    }
+    backoff_.Pause();
+    return Status::Ok();
+  }
+
+ private:
+  int64_t timeout_ms_;
+  const std::atomic<bool>* abort_;
+  Deadline deadline_ = Deadline::Never();
+  Backoff backoff_;
+  uint32_t idle_ = 0;
+};
+
+// Drives a channel thread: repeats `pass(&progressed)` (a StatusOr<bool>: all roles done) until it
+// returns true, backing off after passes that moved nothing. Every pass is non-blocking, so a thread
+// never waits on one ring while another of its rings could move.
+template <typename Pass, typename Diag>
+Status RunProgressLoop(const NormalState& st, const std::atomic<bool>& abort, Pass&& pass, Diag&& diag) {
+  ProgressWatch watch(st.timeout_ms, st.idle, &abort);
+  for (;;) {
+    bool progressed = false;
+    EPX_ASSIGN_OR_RETURN(bool done, pass(&progressed));
+    if (done) return Status::Ok();
+    EPX_RETURN_IF_ERROR(watch.AfterPass(progressed, diag));
+  }
+}
+
+// One Dispatch call as the channel threads see it.
+struct DispatchJob {
+  const DispatchInput* in = nullptr;
+  DispatchOutput* out = nullptr;
+  const NormalHandle* handle = nullptr;
+  NormalHandle* record = nullptr;  // non-null: forwarders record masks (non-cached dispatch)
+  DispatchMsgLayout msg;
+  std::atomic<bool> abort{false};
+};
+
+struct CombineJob {
+  const CombineInput* in = nullptr;
+  CombineOutput* out = nullptr;
+  const NormalHandle* handle = nullptr;
+  CombineMsgLayout msg;
+  std::atomic<bool> abort{false};
+};
+
+// Channel progress loops (normal_dispatch.cc, normal_combine.cc).
+Status RunDispatchChannel(NormalState& st, DispatchJob& job, int c);
+Status RunCombineChannel(NormalState& st, CombineJob& job, int c);
+
+// Count exchange (normal_notify.cc): fills the receive-side and forwarder-side fields of `h` from the
+// source-side ones (is_token_in_rank) and `tokens_per_expert` (this rank's (token, k) counts over all
+// E experts); `shape` must be equal on all ranks (ShapeSignature), else every rank fails naming the odd
+// one out.
+Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert, uint32_t shape,
+                      NormalHandle* h);
+inline uint32_t ShapeSignature(int hidden, TokenDtype dtype, int topk, int num_experts) {
+  return static_cast<uint32_t>(hidden) * 2654435761u ^ static_cast<uint32_t>(topk) << 20 ^
+         static_cast<uint32_t>(dtype) << 30 ^ static_cast<uint32_t>(num_experts) * 40503u;
+}
+
+}  // namespace epx

@@ -1,0 +1,56 @@
+#include "kernels/worker_pool.h"
+
+namespace epx {
+
+WorkerPool::WorkerPool(int num_workers) : results_(num_workers) {
+  for (int i = 0; i < num_workers; ++i) threads_.emplace_back([this, i] { Loop(i); });
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    stop_ = true;
+  }
+  start_cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+Status WorkerPool::RunRaw(Trampoline tramp, void* fn) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    tramp_ = tramp;
+    fn_ = fn;
+    pending_ = size();
+    ++generation_;
+  }
+  start_cv_.notify_all();
+  std::unique_lock<std::mutex> lk(mu_);
+  done_cv_.wait(lk, [&] { return pending_ == 0; });
+  for (auto& s : results_)
+    if (!s.ok()) return std::move(s);
+  return Status::Ok();
+}
+
+void WorkerPool::Loop(int i) {
+  uint64_t seen = 0;
+  for (;;) {
+    Trampoline tramp;
+    void* fn;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      start_cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      tramp = tramp_;
+      fn = fn_;
+    }
+    Status s = tramp(fn, i);  // the job: mutex acquire above/below orders it with Run()
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      results_[i] = std::move(s);
+      if (--pending_ == 0) done_cv_.notify_one();
+    }
+  }
+}
+
+}  // namespace epx
