@@ -519,7 +519,7 @@ TEST(LauncherSignals, SigkillOfLauncherLeavesNoOrphans) {
 }
 
 TEST(LauncherSignals, RanksIgnoringSigtermAreKilledAfterTheGracePeriod) {
-  Launch l(Probe({"stubborn", "0", "5"}, {"-n", "3"}));
+  Launch l(Probe({"termproof", "0", "5"}, {"-n", "3"}));
   EXPECT_EQ(l.Wait(10s), 5) << l.err();
   // 200 ms until rank 0 fails, then the 2 s grace period before SIGKILL.
   EXPECT_GE(l.seconds(), 2.0);
@@ -529,7 +529,7 @@ TEST(LauncherSignals, RanksIgnoringSigtermAreKilledAfterTheGracePeriod) {
 }
 
 TEST(LauncherSignals, SecondSigintSkipsTheGracePeriod) {
-  Launch l(Probe({"stubborn", "-1", "0"}, {"-n", "2"}));
+  Launch l(Probe({"termproof", "-1", "0"}, {"-n", "2"}));
   ASSERT_TRUE(l.PumpUntil(
       [&] {
         return l.out().find("[r1] ignoring SIGTERM") != std::string::npos &&

@@ -11,7 +11,7 @@
 //   env               EPX_* variables, then "affinity <cpus>" and "mempolicy <preferred N|other|default>"
 //   rank-exit R N     rank R exits with N after 200 ms; the others sleep long
 //   spawn-sleeper     forks a child that sleeps long ("sleeper <pid>"), then sleeps long itself
-//   stubborn R N      like rank-exit, but the other ranks ignore SIGTERM, SIGINT and SIGHUP (R = -1:
+//   termproof R N      like rank-exit, but the other ranks ignore SIGTERM, SIGINT and SIGHUP (R = -1:
 //                     no rank exits), so only the launcher's SIGKILL ends them
 #include <numaif.h>
 #include <sched.h>
@@ -57,7 +57,7 @@ void SleepSeconds(double s) {
 int Usage() {
   std::fprintf(stderr,
                "usage: rank_probe exit N | abort [R] | segv [R] | sleep S | lines K | env |"
-               " rank-exit R N | spawn-sleeper | stubborn R N\n");
+               " rank-exit R N | spawn-sleeper | termproof R N\n");
   return 2;
 }
 
@@ -122,12 +122,12 @@ int main(int argc, char** argv) {
     PrintEnv();
     return 0;
   }
-  if (mode == "stubborn" && argc == 4 && rank != arg(2)) {
+  if (mode == "termproof" && argc == 4 && rank != arg(2)) {
     for (int sig : {SIGTERM, SIGINT, SIGHUP}) std::signal(sig, SIG_IGN);
     std::printf("ignoring SIGTERM\n");
     std::fflush(stdout);
   }
-  if ((mode == "rank-exit" || mode == "stubborn") && argc == 4) {
+  if ((mode == "rank-exit" || mode == "termproof") && argc == 4) {
     if (rank == arg(2)) {
       SleepSeconds(0.2);
       return arg(3);
