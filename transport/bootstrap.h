@@ -39,6 +39,7 @@ class Bootstrap {
 
   int rank() const { return rank_; }
   int world_size() const { return world_; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
 
   // Result: world_size blobs of `mine.size()` bytes, rank-ordered. All ranks must pass equal sizes.
   StatusOr<std::vector<uint8_t>> AllGather(std::string_view phase, std::span<const uint8_t> mine);

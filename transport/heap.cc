@@ -251,7 +251,7 @@ Status SymmetricHeap::MapHostPeers(Bootstrap& boot, const std::string& job_id) {
   // both in one thread could deadlock two ranks connecting to each other.
   Status serve_status;
   std::thread server([&] {
-    const Deadline d = Deadline::After(std::chrono::seconds(30));
+    const Deadline d = Deadline::After(boot.timeout());
     for (int served = 0; served < n_peers; ++served) {
       pollfd pf{lclose.fd, POLLIN, 0};
       int rc = ::poll(&pf, 1, static_cast<int>(d.RemainingMs()));
