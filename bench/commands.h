@@ -19,8 +19,9 @@ class Command {
   virtual int Run(Context& ctx) = 0;
 };
 
-std::unique_ptr<Command> MakeShmCommand();     // shared-memory all-to-all vs the copy limit
-std::unique_ptr<Command> MakeNormalCommand();  // normal dispatch/combine (the default table)
+std::unique_ptr<Command> MakeShmCommand();         // shared-memory all-to-all vs the copy limit
+std::unique_ptr<Command> MakeNormalCommand();      // normal dispatch/combine (the default table)
+std::unique_ptr<Command> MakeLowLatencyCommand();  // low-latency (decode) dispatch/combine
 
 // Element-wise max over ranks of per-iteration times: the collective's step time as a user waits for it.
 StatusOr<std::vector<double>> StepTimes(Bootstrap& boot, const std::vector<double>& mine, const char* phase);

@@ -1,6 +1,7 @@
 // epx-bench: the main job's multi-rank tables. Run under a launcher, one process per rank:
 //   epx-run -n 4 -- epx-bench                    normal dispatch/combine (the default table)
 //   epx-run -n 4 --nodes 2 -- epx-bench normal --tokens 4096 --hidden 7168 --topk 8 --experts 64
+//   epx-run -n 4 -- epx-bench low-latency        low-latency (decode) dispatch/combine, 128 tokens/rank
 //   epx-run -n 4 -- epx-bench shm                shared-memory all-to-all vs the copy limit
 // `epx-bench <command> --help` lists each table's flags.
 #include <CLI/CLI.hpp>
@@ -31,14 +32,17 @@ int Main(int argc, char** argv) {
   bool print_config = false;
   app.add_flag("--print-config", print_config, "print the EPX_* tunables in effect");
   auto normal = MakeNormalCommand();
+  auto ll = MakeLowLatencyCommand();
   auto shm = MakeShmCommand();
   CLI::App* normal_app = app.add_subcommand("normal", "normal (high-throughput) dispatch and combine");
+  CLI::App* ll_app = app.add_subcommand("low-latency", "low-latency (decode) dispatch and combine");
   CLI::App* shm_app = app.add_subcommand("shm", "shared-memory all-to-all against the copy limit");
   normal->AddFlags(*normal_app);
+  ll->AddFlags(*ll_app);
   shm->AddFlags(*shm_app);
   app.require_subcommand(0, 1);
   CLI11_PARSE(app, argc, argv);
-  Command& cmd = shm_app->parsed() ? *shm : *normal;
+  Command& cmd = shm_app->parsed() ? *shm : ll_app->parsed() ? *ll : *normal;
 
   auto ctx_or = Context::Create();
   if (!ctx_or.ok()) {

@@ -52,6 +52,9 @@ constexpr TunableDef kTable[] = {
      "normal kernels: an RDMA-ring sender signals at least every this many slots"},
     {"EPX_NORMAL_YIELD_ITERS", T::kInt, "16384", "polls", "0..100000000",
      "normal kernels: sched_yield polls of an idle channel thread before it sleeps"},
+    {"EPX_LL_CHANNELS", T::kInt, "0", "threads", "0..64",
+     "low-latency dispatch/combine: channels (worker threads, RDMA posting contexts) per rank; 0 = the CPUs a "
+     "rank may run on (min over ranks, at most 4; one channel runs on the calling thread)"},
     {"EPX_IB_FORCE_EMULATED_ATOMICS", T::kEnum, "0", "", "0|1",
      "TEST ONLY: emulate fetch-add with send-with-immediate even when the device has native atomics"},
 };

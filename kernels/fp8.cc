@@ -1,61 +1,118 @@
 #include "kernels/fp8.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 namespace epx {
+namespace {
 
-uint8_t FloatToE4m3(float f) {
-  if (std::isnan(f)) return 0x7f;
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  float a = std::fabs(f);
-  if (a >= kE4m3Max) return sign | 0x7e;  // saturate to 448 (0x7e = exp 15, man 6)
-  // Smallest normal is 2^-6; below it the step is 2^-9 (subnormals).
-  int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  int exp = e - 1;    // a in [2^exp, 2^(exp+1))
-  if (exp < -6) exp = -6;
-  // Quantise to steps of 2^(exp-3) with round-half-even (nearbyint uses the current mode: to-nearest-even).
-  const float step = std::ldexp(1.0f, exp - 3);
-  float q = std::nearbyint(a / step);  // exact: a/step is a power-of-two scaling
-  float v = q * step;
-  if (v >= kE4m3Max) return sign | 0x7e;
-  if (v == 0.0f) return sign;
-  int ve;
-  std::frexp(v, &ve);
-  int vexp = ve - 1;  // rounding may carry into the next binade
-  if (vexp < -6) {    // subnormal: value = man * 2^-9
-    return sign | static_cast<uint8_t>(std::lround(std::ldexp(v, 9)));
-  }
-  const int man = static_cast<int>(std::lround(std::ldexp(v, -vexp) * 8.0f)) - 8;
-  return sign | static_cast<uint8_t>(((vexp + 7) << 3) | man);
+// FloatToE4m3 without branches or libm, so that the row loop vectorizes (SSE2 is enough: 32-bit integer
+// and/add/shift/compare, one float add). Returns the code in the low byte.
+inline uint32_t E4m3Code(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint32_t sign = (u >> 24) & 0x80;
+  // Selects are written as masks: GCC turns ?: (and std::min) into branches, threads them, and then cannot
+  // if-convert the float add below that ends up inside a branch (it may trap): the loop would not vectorize.
+  const int32_t abs_bits = static_cast<int32_t>(u & 0x7fffffffu);  // signed: one SSE2 pcmpgtd per compare
+  const uint32_t is_nan = -static_cast<uint32_t>(abs_bits > 0x7f800000);
+  // Saturate first: mag = min(|f|, 448) on the bits (NaN, above inf, also becomes 448; patched at the end).
+  const uint32_t is_big = -static_cast<uint32_t>(abs_bits > 0x43e00000);
+  const uint32_t a = (static_cast<uint32_t>(abs_bits) & ~is_big) | (0x43e00000u & is_big);
+  const float mag = std::bit_cast<float>(a);
+  // mag >= 2^-6 (normal E4M3): keep the top 3 of the 23 mantissa bits. Adding 0x7ffff + (lowest kept bit)
+  // carries into bit 20 exactly when the 20 dropped bits exceed half, or equal half and the kept part is
+  // odd: round to nearest even. A carry out of the mantissa bumps the exponent, which is the right result
+  // (next binade, mantissa 0); 448 itself is 0x7e, so nothing rounds past it. The same add rebiases the
+  // exponent from 127 to 7 (minus 120 << 23). Below 2^-6 the result is meaningless (and unused).
+  const uint32_t normal = (a + (0x7ffffu - (120u << 23)) + ((a >> 20) & 1u)) >> 20;
+  // mag < 2^-6 (subnormal E4M3, step 2^-9): the float ulp of 2^14 is 2^-9, so mag + 2^14 makes the FPU
+  // round mag to a multiple of 2^-9, to nearest even (the default mode, which the scalar definition
+  // assumed too), and leaves mag / 2^-9 in the mantissa bits: a code 0..8, where 8 is 0x08, the smallest
+  // normal, when rounding carries up.
+  const uint32_t sub = std::bit_cast<uint32_t>(mag + 16384.0f) - 0x46800000u;
+  const uint32_t is_sub = -static_cast<uint32_t>(static_cast<int32_t>(a) < 0x3c800000);  // 2^-6
+  const uint32_t code = (sub & is_sub) | (normal & ~is_sub);
+  return (code - is_nan) | (sign & ~is_nan);  // NaN of either sign: 0x7e + 1 = 0x7f, unsigned; -0 -> 0x80
 }
 
-void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales) {
-  const int nb = Fp8NumBlocks(hidden);
+// One block of n <= kFp8Block columns (kN = n when known at compile time: full blocks; else 0). Inlined
+// into CastRow, so that it is compiled for each of CastRow's targets.
+template <int kN>
+[[gnu::always_inline]] inline void CastBlock(const bf16* x, int n, const Fp8Options& opt, uint8_t* q, float* fs,
+                                             uint8_t* ue8m0, int b) {
+  if constexpr (kN != 0) n = kN;
+  // amax = max(|x|, floor). Non-negative non-NaN floats order as their bit patterns do, so the reduction
+  // runs on the 15 magnitude bits, in int16 (SSE2 pmaxsw). NaN (above 0x7f80 = inf) counts as 0: the
+  // definition's std::max(amax, NaN) keeps amax, so NaN never raised amax there either.
+  int16_t m = 0;
+  for (int i = 0; i < n; ++i) {
+    const int16_t v = static_cast<int16_t>(x[i].bits & 0x7fff);
+    m = std::max(m, v > 0x7f80 ? int16_t{0} : v);
+  }
+  const float amax = std::max(kFp8AmaxFloor, Bf16ToFloat(bf16{static_cast<uint16_t>(m)}));
+  float scale_inv = amax / kE4m3Max;
+  float scale;
+  if (opt.round_scale) {
+    // 2^ceil(log2(scale_inv)) on the exponent bits. amax >= 1e-4 keeps scale_inv a normal float, so a zero
+    // mantissa means a power of two (kept), else the next power of two is exponent + 1.
+    const uint32_t u = std::bit_cast<uint32_t>(scale_inv);
+    if (u < 0x7f800000u) {
+      scale_inv = std::bit_cast<float>((u & 0x7fffffu) ? (u & 0x7f800000u) + 0x800000u : u);
+    } else {  // amax = inf: keep the original frexp/ldexp, whatever libm makes of inf (glibc: 1.0f)
+      int e;
+      const float mant = std::frexp(scale_inv, &e);
+      scale_inv = (mant == 0.5f) ? std::ldexp(1.0f, e - 1) : std::ldexp(1.0f, e);
+    }
+    scale = 1.0f / scale_inv;  // exact for powers of two in range
+  } else {
+    scale = kE4m3Max / amax;
+  }
+  if (opt.ue8m0)
+    ue8m0[b] = static_cast<uint8_t>(std::bit_cast<uint32_t>(scale_inv) >> 23);
+  else
+    fs[b] = scale_inv;
+  // Codes go through a 32-bit buffer: cast straight to uint8_t, GCC narrows every step of E4m3Code to
+  // bytes and spends more on packing than on the conversion itself. (The buffer also keeps the loops free
+  // of aliasing between x, q and the scales.)
+  uint32_t code[kFp8Block];
+  for (int i = 0; i < n; ++i) code[i] = E4m3Code(Bf16ToFloat(x[i]) * scale);
+  for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(code[i]);
+}
+
+// On x86-64 the row is compiled twice, for the SSE2 baseline and for AVX2 (twice the lanes), and the
+// loader picks one by CPU (ifunc). Same source and no FMA in either, so the same results.
+// Not under TSan: the ifunc resolver runs during relocation, before the TSan runtime is up, and crashes.
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define EPX_FP8_TARGETS __attribute__((target_clones("avx2", "default")))
+#else
+#define EPX_FP8_TARGETS
+#endif
+
+EPX_FP8_TARGETS void CastRow(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales) {
+  const int nb = Fp8NumBlocks(hidden), full = hidden / kFp8Block;
   float* fs = static_cast<float*>(scales);
   uint8_t* bytes = static_cast<uint8_t*>(scales);
-  for (int b = 0; b < nb; ++b) {
-    const int c0 = b * kFp8Block, c1 = std::min(hidden, c0 + kFp8Block);
-    float amax = kFp8AmaxFloor;
-    for (int c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(Bf16ToFloat(in[c])));
-    float scale_inv = amax / kE4m3Max;
-    float scale;
-    if (opt.round_scale) {
-      // 2^ceil(log2(scale_inv)) computed on the exponent bits: exact, no libm rounding questions.
-      int e;
-      float m = std::frexp(scale_inv, &e);  // scale_inv = m * 2^e, m in [0.5, 1)
-      scale_inv = (m == 0.5f) ? std::ldexp(1.0f, e - 1) : std::ldexp(1.0f, e);
-      scale = 1.0f / scale_inv;  // exact for powers of two in range
-    } else {
-      scale = kE4m3Max / amax;
-    }
-    for (int c = c0; c < c1; ++c) out[c] = FloatToE4m3(Bf16ToFloat(in[c]) * scale);
-    if (opt.ue8m0) bytes[b] = static_cast<uint8_t>(std::bit_cast<uint32_t>(scale_inv) >> 23);
-    else fs[b] = scale_inv;
+  for (int b = 0; b < full; ++b)
+    CastBlock<kFp8Block>(in + b * kFp8Block, kFp8Block, opt, out + b * kFp8Block, fs, bytes, b);
+  if (full < nb) {
+    const int c0 = full * kFp8Block;
+    CastBlock<0>(in + c0, hidden - c0, opt, out + c0, fs, bytes, full);
   }
   if (opt.ue8m0)
     for (int b = nb; b < Ue8m0Words(hidden) * 4; ++b) bytes[b] = 0;  // padding bytes of the last word
+}
+
+#undef EPX_FP8_TARGETS
+
+}  // namespace
+
+uint8_t FloatToE4m3(float f) {
+  return static_cast<uint8_t>(E4m3Code(f));
+}
+
+void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales) {
+  CastRow(in, hidden, opt, out, scales);
 }
 
 void CastRowFromFp8(const uint8_t* in, const void* scales, int hidden, bool ue8m0, float* out) {

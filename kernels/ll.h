@@ -1,6 +1,7 @@
-// kernels/ll.h: low-latency (decode) dispatch and combine (issue 5): DESIGN ONLY, nothing here is
-// implemented yet. The oracle is kernels/ll_reference.h, the sizes and message layouts are
-// kernels/ll_config.h; this comment is the protocol the data path is to follow.
+// kernels/ll.h: low-latency (decode) dispatch and combine (issue 5), DeepEP's low-latency kernels for
+// rank processes. The oracle is kernels/ll_reference.h, sizes and message layouts are kernels/ll_config.h;
+// the protocol is described here and the API below follows it. Implementation: ll.cc (setup, validation,
+// two-phase bookkeeping), ll_dispatch.cc and ll_combine.cc (the data path).
 //
 // ---- Buffers ----------------------------------------------------------------------------------------
 // LlBuffer::Create(ctx, cfg) allocates, once, LlLayout::heap_bytes of the symmetric heap (the same
@@ -74,7 +75,124 @@
 // caps().native_atomics == false needs no special path: the domain emulates FetchAdd with
 // write-with-immediate, in order after the data on the same QP. N > T_max: kInvalidArgument before
 // anything is posted. Stats: cumulative per-local-expert received pairs, per-source wait ns.
+//
+// ---- Header word --------------------------------------------------------------------------------------
+// The second int32 of a dispatch header is the call's shape: H | mode << 24 (mode 0 BF16, 1 FP8,
+// 2 FP8 round_scale, 3 FP8 UE8M0). A receiver whose own call disagrees reports the source rank and
+// both shapes instead of decoding garbage (ranks must agree on H and the FP8 options of each call).
 #pragma once
 
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/dtypes.h"
 #include "kernels/ll_config.h"
 #include "kernels/ll_reference.h"
+#include "transport/context.h"
+
+namespace epx {
+
+// One rank's tokens for a low-latency dispatch.
+struct LlDispatchInput {
+  int num_tokens = 0;                 // N <= T_max (may differ between ranks, may be 0)
+  int hidden = 0;                     // H <= the buffer's hidden; equal on all ranks for a call
+  std::span<const bf16> x;            // [N, H]
+  int topk = 0;                       // K <= the buffer's topk
+  std::span<const int64_t> topk_idx;  // [N, K] global expert ids in [-1, E), no expert twice per token
+  bool use_fp8 = true;                // FP8 e4m3 payload + scales (kernels/fp8.h), else BF16
+  Fp8Options fp8;                     // round_scale / ue8m0 (FP8 only); equal on all ranks
+};
+
+// What one rank receives: exactly LlRefDispatch's layout (kernels/ll_reference.h): x [E_local, rows,
+// row_bytes], scales [E_local, rows, scale_row_bytes], count [E_local], src_info [E_local, rows]
+// (-1 past count), layout_range [E_local, R] = (begin << 32) | count. Rows of x/scales past count[e]
+// are unspecified: they are not cleared per call (that would cost more than the transfer). The
+// object's memory is reused by later calls.
+using LlDispatchOutput = LlRefDispatch;
+
+// The routing of one dispatch, needed by its combine: this rank's top-k (where rows come back to) and,
+// per received row, the top-k slot of that row on its source. Valid only with the buffer that made it;
+// complete once the dispatch's receive phase ran.
+struct LlHandle {
+  uint64_t buffer_id = 0;
+  int num_tokens = 0, hidden = 0, topk = 0;
+  std::vector<int64_t> topk_idx;      // [N, K] copy of this rank's routing
+  std::vector<int32_t> count;         // [E_local] received rows per local expert
+  std::vector<int64_t> layout_range;  // [E_local, R]
+  std::vector<int32_t> src_info;      // [E_local, rows] source token of each row (-1 past count)
+  std::vector<uint8_t> src_slot;      // [E_local, rows] top-k slot k of each row on its source
+};
+
+// Expert outputs going back: row i of local expert e answers row i of that expert in the dispatch.
+struct LlCombineInput {
+  std::span<const bf16> y;  // [E_local, R*T_max, H] (rows past count are not read); empty with zero_copy
+  bool zero_copy = false;   // the rows were written into NextCombineBuffer() instead
+  std::span<const float> topk_weights;  // [N, K] of this rank's tokens (the handle's N and K)
+};
+
+struct LlCombineOutput {
+  std::vector<bf16> x;  // [N, H] result, unless `out` is set
+  std::span<bf16> out;  // `out=`: caller memory of exactly [N, H] elements; empty = use x
+};
+
+// A call posted in two-phase mode; Receive(hook) runs its receive phase. The caller keeps that call's
+// output object and handle alive and untouched until then.
+struct LlHook {
+  uint64_t buffer_id = 0;
+  uint64_t call = 0;
+  bool pending = false;
+};
+
+// Cumulative statistics of one LlBuffer.
+struct LlStats {
+  std::vector<uint64_t> recv_tokens_per_expert;  // [E_local] (token, expert) pairs received
+  std::vector<uint64_t> wait_ns_per_source;      // [R] time receive phases spent waiting for each source
+  uint64_t dispatches = 0, combines = 0;
+};
+
+struct LlState;  // kernels/ll_state.h
+
+// A rank's low-latency engine (DeepEP's Buffer in low-latency mode): D rotating buffers in the
+// symmetric heap, an RDMA domain to the ranks of other logical nodes, channel threads. Every call is
+// collective: all ranks make the same sequence of LL calls (Dispatch/Combine; that is how they agree
+// on each call's buffer without talking). Not thread-safe. At most D - 1 calls may be pending
+// (posted, not received) when a call is made, else it fails with kFailedPrecondition.
+class LlBuffer {
+ public:
+  // Collective. cfg.num_ranks is taken from ctx. Every rank must pass the same config (checked at
+  // setup: a mismatch fails on every rank naming the field). Allocates LlHeapBytes(cfg) from ctx's
+  // heap allocator. channels: worker threads / RDMA posting contexts (0 = EPX_LL_CHANNELS).
+  static StatusOr<std::unique_ptr<LlBuffer>> Create(Context& ctx, LowLatencyConfig cfg, int channels = 0);
+  ~LlBuffer();
+
+  // Sends every (token, expert) pair to its expert's rank, then receives (fills out and handle).
+  // With `hook`, returns once the sends are posted; Receive(hook) does the rest.
+  Status Dispatch(const LlDispatchInput& in, LlDispatchOutput* out, LlHandle* handle, LlHook* hook = nullptr);
+  // Sends expert outputs back along the handle's routes; this rank reduces what comes back for its
+  // tokens (order of kernels/ll_reference.h) into out->out or out->x. With `hook`: two-phase.
+  Status Combine(const LlHandle& handle, const LlCombineInput& in, LlCombineOutput* out,
+                 LlHook* hook = nullptr);
+  // Receive phase of a two-phase call (any order among pending calls). Clears hook->pending.
+  Status Receive(LlHook* hook);
+
+  // Zero-copy combine: the send rows the NEXT LL call (which must be a Combine with zero_copy) reads:
+  // [E_local][R*T_max] rows, row i of local expert e at element (e * R*T_max + i) * combine_row_stride().
+  // Waits until this buffer's previous use completed locally.
+  StatusOr<std::span<bf16>> NextCombineBuffer();
+  size_t combine_row_stride() const;
+
+  const LowLatencyConfig& config() const;
+  int num_channels() const;
+  std::string rdma_kind() const;  // "" with one node, else "shm" or "verbs"
+  LlStats stats() const;
+
+ private:
+  explicit LlBuffer(std::unique_ptr<LlState> s);
+  std::unique_ptr<LlState> s_;
+};
+
+}  // namespace epx

@@ -1,0 +1,155 @@
+// Low-latency dispatch data path (protocol: kernels/ll.h "Dispatch"): stage each token once, one
+// message per (token, expert), one count signal per (expert, source); the receive phase places the
+// blocks in source order, so the output order is the reference's whatever the timing.
+//
+// Hot-path rules: no allocation, lock or syscall in the per-token loops (ord/wait_ns are sized at
+// setup; output vectors keep their capacity across calls); waits back off and have deadlines.
+#include <cstring>
+
+#include "kernels/fp8.h"
+#include "kernels/ll_state.h"
+#include "kernels/normal_config.h"  // AlignUp
+
+namespace epx {
+namespace {
+
+struct Header {
+  int32_t token;
+  uint32_t shape;  // LlShapeWord
+  // followed by K int32 global expert ids
+};
+
+// Payload offset and bytes of one message for this call (the layout's header size is for the buffer's K).
+size_t PayloadBytes(int hidden, const LlDispatchOptions& o) {
+  return o.use_fp8 ? static_cast<size_t>(hidden) : 2 * static_cast<size_t>(hidden);
+}
+size_t ScaleOffset(const LlLayout& lay, int hidden) {
+  return lay.header_bytes + AlignUp(static_cast<size_t>(hidden), 16);
+}
+
+}  // namespace
+
+Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b) {
+  const LlLayout& lay = st.lay;
+  const LlDispatchOptions opt{in.use_fp8, in.use_fp8 ? in.fp8 : Fp8Options{}};
+  const uint32_t shape = LlShapeWord(in.hidden, opt.use_fp8, opt.fp8);
+  const size_t scale_bytes = LlScaleRowBytes(in.hidden, opt);
+  const size_t msg_len = opt.use_fp8 ? ScaleOffset(lay, in.hidden) + scale_bytes
+                                     : lay.header_bytes + PayloadBytes(in.hidden, opt);
+  const int N = in.num_tokens, K = in.topk, C = st.C;
+  // Stage: header + payload of token t at send[b][t]; tokens split in contiguous ranges per channel.
+  auto stage = [&](int c) -> Status {
+    const int per = (N + C - 1) / C, t0 = std::min(N, per * c), t1 = std::min(N, per * (c + 1));
+    for (int t = t0; t < t1; ++t) {
+      uint8_t* m = st.heap() + st.Send(b) + static_cast<size_t>(t) * lay.dispatch_msg;
+      Header hd{t, shape};
+      std::memcpy(m, &hd, sizeof(hd));
+      auto* ids = reinterpret_cast<int32_t*>(m + sizeof(Header));
+      for (int k = 0; k < K; ++k) ids[k] = static_cast<int32_t>(in.topk_idx[static_cast<size_t>(t) * K + k]);
+      const bf16* row = in.x.data() + static_cast<size_t>(t) * in.hidden;
+      if (opt.use_fp8)
+        CastRowToFp8(row, in.hidden, opt.fp8, m + lay.header_bytes, m + ScaleOffset(lay, in.hidden));
+      else
+        std::memcpy(m + lay.header_bytes, row, PayloadBytes(in.hidden, opt));
+    }
+    return Status::Ok();
+  };
+  EPX_RETURN_IF_ERROR(st.RunChannels(stage));
+  // Post: channel c owns experts e % C == c, so each (channel, peer) QP carries an expert's data and
+  // then its count, and RC ordering (or the release add for node-local peers) puts the data first.
+  auto post = [&](int c) -> Status {
+    std::vector<int>& ord = st.ord[c];
+    for (int e = c; e < st.cfg.num_experts; e += C) ord[e] = 0;
+    for (int t = 0; t < N; ++t)
+      for (int k = 0; k < K; ++k) {
+        const int64_t e = in.topk_idx[static_cast<size_t>(t) * K + k];
+        if (e < 0 || e % C != c) continue;
+        const int dest = st.Owner(e), el = static_cast<int>(e % st.El);
+        const int slot = ord[e]++;  // rank of t among this source's tokens for e: no atomics decide it
+        EPX_RETURN_IF_ERROR(st.Put(c, dest, st.Send(b) + static_cast<size_t>(t) * lay.dispatch_msg,
+                                   st.DispatchSlot(b, el, st.rank, slot), msg_len));
+      }
+    // Every expert hears its count, 0 included (+1: the counter must move every call).
+    for (int e = c; e < st.cfg.num_experts; e += C)
+      EPX_RETURN_IF_ERROR(st.Add(c, st.Owner(e), st.Cnt(b, e % st.El, st.rank), static_cast<uint64_t>(ord[e]) + 1));
+    if (st.rdma) EPX_RETURN_IF_ERROR(st.rdma->Flush(c));
+    return Status::Ok();
+  };
+  return st.RunChannels(post);
+}
+
+Status LlDispatchRecv(LlState& st, int b) {
+  LlPending& p = st.pending[b];
+  LlDispatchOutput& out = *p.dout;
+  LlHandle& h = *p.handle;
+  const LlLayout& lay = st.lay;
+  const int El = st.El, R = st.R, rows = static_cast<int>(st.cfg.rows_per_expert());
+  const int hidden = static_cast<int>(p.shape & 0xffffff);
+  const size_t row_bytes = PayloadBytes(hidden, p.dopt), scale_bytes = LlScaleRowBytes(hidden, p.dopt);
+  const size_t total = static_cast<size_t>(El) * rows;
+  out.local_experts = El;
+  out.rows = rows;
+  out.hidden = hidden;
+  out.row_bytes = row_bytes;
+  out.scale_row_bytes = scale_bytes;
+  out.x.resize(total * row_bytes);  // keeps contents: rows past count are unspecified (kernels/ll.h)
+  out.scales.resize(total * scale_bytes);
+  out.count.assign(El, 0);
+  out.src_info.assign(total, -1);
+  out.layout_range.assign(static_cast<size_t>(El) * R, 0);
+  h.src_slot.assign(total, 0);
+  const int topk = h.topk;
+  // Channel c receives local experts e % C == c: waits for source 0's count, places its block, then
+  // source 1's... A block's first row is the sum of the counts before it, known by then.
+  auto recv = [&](int c) -> Status {
+    for (int e = c; e < El; e += st.C) {
+      const int64_t global = static_cast<int64_t>(st.rank) * El + e;
+      int begin = 0;
+      for (int s = 0; s < R; ++s) {
+        uint64_t& prev = st.prev_cnt[(static_cast<size_t>(b) * El + e) * R + s];
+        EPX_ASSIGN_OR_RETURN(uint64_t v, st.WaitGE(s, st.Cnt(b, e, s), prev + 1, &st.wait_ns[c][s], [&] {
+          return fmt::format("dispatch count of local expert {} from source {} (buffer {}, call {})", e, s, b, p.call);
+        }));
+        const uint64_t cnt = v - prev - 1;
+        prev = v;
+        if (cnt > static_cast<uint64_t>(st.cfg.max_tokens))
+          return EPX_ERROR(kInternal, "low-latency dispatch: source {} announced {} tokens for local expert {} > T_max {}",
+                           s, cnt, e, st.cfg.max_tokens);
+        for (int i = 0; i < static_cast<int>(cnt); ++i) {
+          const uint8_t* m = st.heap() + st.DispatchSlot(b, e, s, i);
+          Header hd;
+          std::memcpy(&hd, m, sizeof(hd));
+          if (hd.shape != p.shape)
+            return EPX_ERROR(kInvalidArgument,
+                             "low-latency dispatch: source rank {} sent H={} mode={}, this rank expects H={} mode={} "
+                             "(mode 0 BF16, 1 FP8, 2 FP8 round_scale, 3 UE8M0; all ranks must agree per call)",
+                             s, hd.shape & 0xffffff, hd.shape >> 24, hidden, p.shape >> 24);
+          const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
+          int k = 0;
+          while (k < topk && ids[k] != global) ++k;
+          if (k == topk)
+            return EPX_ERROR(kInternal, "low-latency dispatch: message from rank {} token {} does not select expert {}",
+                             s, hd.token, global);
+          const size_t row = static_cast<size_t>(e) * rows + begin + i;
+          std::memcpy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
+          if (scale_bytes)
+            std::memcpy(out.scales.data() + row * scale_bytes, m + ScaleOffset(lay, hidden), scale_bytes);
+          out.src_info[row] = hd.token;
+          h.src_slot[row] = static_cast<uint8_t>(k);
+        }
+        out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin, static_cast<int32_t>(cnt));
+        begin += static_cast<int>(cnt);
+      }
+      out.count[e] = begin;
+    }
+    return Status::Ok();
+  };
+  EPX_RETURN_IF_ERROR(st.RunChannels(recv));
+  for (int e = 0; e < El; ++e) st.recv_tokens[e] += out.count[e];
+  h.count = out.count;
+  h.layout_range = out.layout_range;
+  h.src_info = out.src_info;
+  return Status::Ok();
+}
+
+}  // namespace epx

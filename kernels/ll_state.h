@@ -1,0 +1,166 @@
+// kernels/ll_state.h: internals of LlBuffer shared by its files: the per-rank state, heap offsets of
+// the D buffers, the pending table of two-phase calls, and the counter helpers that hide whether a
+// peer is node-local (shared memory) or remote (RDMA domain).
+//
+// Files: ll.cc (API, validation, setup, bookkeeping), ll_dispatch.cc, ll_combine.cc (data path).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/wait.h"
+#include "kernels/ll.h"
+#include "kernels/worker_pool.h"
+#include "transport/rdma.h"
+
+namespace epx {
+
+// Mode byte of the dispatch header's shape word (kernels/ll.h "Header word").
+inline uint32_t LlShapeWord(int hidden, bool fp8, const Fp8Options& o) {
+  const uint32_t mode = !fp8 ? 0u : o.ue8m0 ? 3u : o.round_scale ? 2u : 1u;
+  return static_cast<uint32_t>(hidden) | mode << 24;
+}
+
+// A call whose receive phase has not run yet (two-phase) or is running.
+struct LlPending {
+  enum Kind { kNone, kDispatch, kCombine } kind = kNone;
+  uint64_t call = 0;
+  // Dispatch.
+  LlDispatchOutput* dout = nullptr;
+  LlHandle* handle = nullptr;
+  uint32_t shape = 0;  // expected header shape word
+  LlDispatchOptions dopt;
+  // Combine.
+  const LlHandle* chandle = nullptr;
+  LlCombineOutput* cout = nullptr;
+  std::vector<float> weights;  // [N, K] copied at send: the caller's span need not outlive the send phase
+  uint64_t done_target = 0;    // done[b][d] value that means "d's rows of this call are here"
+};
+
+struct LlState {
+  Context& ctx;
+  LowLatencyConfig cfg;
+  LlLayout lay;
+  uint64_t id = 0;
+  size_t base = 0;  // heap offset of the LL block
+  int R = 1, L = 1, rank = 0, node = 0, El = 1, C = 1;
+  int64_t timeout_ms = 60000;
+  std::unique_ptr<RdmaDomain> rdma;  // several logical nodes only
+  std::unique_ptr<WorkerPool> pool;  // C > 1 only; with one channel the caller's thread runs it
+  uint64_t next_call = 0;
+  std::vector<LlPending> pending;      // [D]
+  std::vector<uint64_t> combine_uses;  // [D] combine calls made on each buffer
+  std::vector<uint64_t> prev_cnt;      // [D, El, R] last consumed value of each dispatch counter
+  std::vector<std::vector<int>> ord;   // [C][E] per-channel slot counters of the call being sent
+  std::vector<std::vector<uint64_t>> wait_ns;  // [C][R] per-channel wait time per source
+  std::vector<std::vector<float>> acc;         // [C][hidden] combine reduction scratch
+  std::vector<uint64_t> recv_tokens;           // [El]
+  uint64_t dispatches = 0, combines = 0;
+  bool broken = false;  // a call failed midway: peers may hold a part of it
+
+  explicit LlState(Context& c) : ctx(c) {}
+  uint8_t* heap() const { return ctx.heap().base(); }
+  bool Local(int peer) const { return peer / L == node; }
+  int D() const { return cfg.depth; }
+  int Owner(int64_t expert) const { return static_cast<int>(expert / El); }
+
+  // Heap offsets (identical on every rank).
+  size_t Send(int b) const { return base + static_cast<size_t>(b) * (lay.send_bytes + lay.recv_bytes); }
+  size_t Recv(int b) const { return Send(b) + lay.send_bytes; }
+  size_t CounterBlock() const { return base + static_cast<size_t>(D()) * (lay.send_bytes + lay.recv_bytes); }
+  size_t Cnt(int b, int e, int s) const {
+    return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(e) * R + s);
+  }
+  size_t Done(int b, int d) const { return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(El) * R + d); }
+  size_t Released(int b, int p) const {
+    return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(El) * R + R + p);
+  }
+  // Dispatch slot i of (local expert e, source s) in recv[b]; combine row (t, k) in recv[b].
+  size_t DispatchSlot(int b, int e, int s, int i) const {
+    return Recv(b) + ((static_cast<size_t>(e) * R + s) * cfg.max_tokens + i) * lay.dispatch_msg;
+  }
+  size_t CombineSlot(int b, int t, int k) const {
+    return Recv(b) + (static_cast<size_t>(t) * cfg.topk + k) * lay.combine_msg;
+  }
+  size_t CombineStage(int b, int e, int row) const {
+    return Send(b) + (static_cast<size_t>(e) * cfg.rows_per_expert() + row) * lay.combine_msg;
+  }
+
+  // One-sided primitives over the right transport for `peer`. Each counter has one writer, which is
+  // either node-local (CPU atomics) or remote (RDMA): the two never mix on one word (transport/rdma.h).
+  Status Put(int ch, int peer, size_t local_off, size_t remote_off, size_t len) {
+    if (Local(peer)) return ctx.node().Put(peer, remote_off, heap() + local_off, len);
+    return rdma->Write(ch, peer, local_off, remote_off, len);
+  }
+  // Put from private memory: node-local peers only (RDMA needs the source in the registered heap).
+  Status PutPrivate(int peer, const void* src, size_t remote_off, size_t len) {
+    return ctx.node().Put(peer, remote_off, src, len);
+  }
+  Status Add(int ch, int peer, size_t remote_off, uint64_t v) {
+    if (Local(peer)) {
+      ctx.node().AtomicAdd(peer, remote_off, v);  // release: orders this thread's earlier Puts before it
+      return Status::Ok();
+    }
+    return rdma->FetchAdd(ch, peer, remote_off, v);  // same QP as the data: RC executes it after the data
+  }
+  StatusOr<uint64_t> Read(int writer, size_t off) {
+    if (Local(writer)) return ctx.node().AtomicLoad(rank, off);  // acquire: the writer's Puts are visible
+    return rdma->ReadCounter(off);
+  }
+  // Waits until the counter at `off` (written by `writer`) is >= target, adding the time waited to
+  // *waited_ns. diag() names what was awaited; it is only evaluated when the first read falls short.
+  // Remote counters wait in the RDMA domain, which also probes peers and names a dead one early.
+  template <typename Diag>
+  StatusOr<uint64_t> WaitGE(int writer, size_t off, uint64_t target, uint64_t* waited_ns, Diag&& diag) {
+    EPX_ASSIGN_OR_RETURN(uint64_t v, Read(writer, off));
+    if (v >= target) return v;
+    const auto t0 = Clock::now();
+    if (Local(writer)) {
+      const Deadline deadline = Deadline::After(std::chrono::milliseconds(timeout_ms));
+      Backoff backoff;
+      for (uint32_t i = 0;; ++i) {
+        v = ctx.node().AtomicLoad(rank, off);
+        if (v >= target) break;
+        if ((i & 63) == 63 && deadline.Expired())
+          return EPX_ERROR(kTimeout, "low-latency: rank {} waited {} ms for rank {}: {} (counter {} < {})", rank,
+                           timeout_ms, writer, diag(), v, target);
+        backoff.Pause();
+      }
+    } else {
+      EPX_RETURN_IF_ERROR(rdma->WaitCounter(
+          off, target, fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer, diag())));
+      EPX_ASSIGN_OR_RETURN(v, rdma->ReadCounter(off));
+    }
+    *waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+    return v;
+  }
+  Status FlushAll() {
+    if (!rdma) return Status::Ok();
+    for (int c = 0; c < C; ++c) EPX_RETURN_IF_ERROR(rdma->Flush(c));
+    return Status::Ok();
+  }
+  Status QuietAll() {
+    if (!rdma) return Status::Ok();
+    for (int c = 0; c < C; ++c) EPX_RETURN_IF_ERROR(rdma->Quiet(c));
+    return Status::Ok();
+  }
+
+  // Runs fn(c) for every channel: on the pool, or inline with one channel (no thread hand-off on the
+  // latency path). Returns the lowest channel's error.
+  template <typename F>
+  Status RunChannels(F&& fn) {
+    if (C == 1) return fn(0);
+    return pool->Run(fn);
+  }
+};
+
+// Data path (ll_dispatch.cc, ll_combine.cc). The send phases assume validated inputs, a free buffer
+// b = call % D and released peers; the receive phases consume pending[b].
+Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b);
+Status LlDispatchRecv(LlState& st, int b);
+Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b);
+Status LlCombineRecv(LlState& st, int b);
+
+}  // namespace epx
