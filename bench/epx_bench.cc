@@ -10,6 +10,7 @@
 #include <string>
 
 #include "bench/commands.h"
+#include "bench/mpi_compare.h"
 #include "core/tunables.h"
 #include "transport/context.h"
 
@@ -54,6 +55,7 @@ int Main(int argc, char** argv) {
   const int rc = cmd.Run(ctx);
   // No rank unmaps its heap while peers may still read it.
   auto st = ctx.bootstrap().Barrier("bench-end");
+  MpiFinalize();
   return rc != 0 ? rc : st.ok() ? 0 : 1;
 }
 

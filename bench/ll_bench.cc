@@ -36,6 +36,8 @@
 
 #include "bench/bench_stats.h"
 #include "bench/commands.h"
+#include "bench/copy_limit.h"
+#include "bench/mpi_compare.h"
 #include "kernels/fp8.h"
 #include "kernels/ll.h"
 #include "kernels/problem_gen.h"
@@ -52,6 +54,7 @@ struct LlOptions {
   bool round_scale = false;
   bool ue8m0 = false;
   bool two_phase = false;
+  bool zero_copy = false;
   int depth = 3;
   int channels = 0;
   int iters = 200;
@@ -59,6 +62,7 @@ struct LlOptions {
   bool check = false;
   uint64_t seed = 1;
   std::string json;
+  std::string mpi = "auto";
 };
 
 // Salt of the expert outputs y (kept apart from the token rows, which use the seed itself).
@@ -77,6 +81,9 @@ class LowLatencyCommand final : public Command {
     app.add_flag("--round-scale", o_.round_scale, "FP8 scales rounded up to powers of two");
     app.add_flag("--ue8m0", o_.ue8m0, "FP8 scales as UE8M0 exponent bytes (implies --round-scale)");
     app.add_flag("--two-phase", o_.two_phase, "time the send and receive phases separately (hooks)");
+    app.add_flag("--zero-copy", o_.zero_copy,
+                 "the experts write their outputs straight into NextCombineBuffer() (untimed, it stands for the "
+                 "expert's output store) and combine sends from there");
     app.add_option("--depth", o_.depth, "LL buffers in rotation D")->check(CLI::Range(2, kLlMaxDepth));
     app.add_option("--channels", o_.channels, "channel threads (0 = EPX_LL_CHANNELS)")
         ->check(CLI::Range(0, 64));
@@ -86,6 +93,9 @@ class LowLatencyCommand final : public Command {
                  "compare every iteration with the serial reference; exit 1 on mismatch");
     app.add_option("--seed", o_.seed, "routing and data seed");
     app.add_option("--json", o_.json, "also write the results as JSON to this file (rank 0)");
+    app.add_option("--mpi", o_.mpi,
+                   "MPI baseline on the same inputs: auto = when launched by mpirun (tools/compare), on, off")
+        ->check(CLI::IsMember({"auto", "on", "off"}));
   }
   int Run(Context& ctx) override;
 
@@ -288,6 +298,20 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
       YRow(sources, o.seed, El, me, e, i, H, &y[(static_cast<size_t>(e) * rows + i) * H]);
   LlCombineInput cin;
   cin.y = y;
+  cin.zero_copy = o.zero_copy;
+  if (o.zero_copy) cin.y = {};
+  // Zero-copy: the expert "computes" its rows into the send buffer of the next call (untimed).
+  auto write_outputs = [&]() -> Status {
+    if (!o.zero_copy) return Status::Ok();
+    EPX_ASSIGN_OR_RETURN(std::span<bf16> zc, buf->NextCombineBuffer());
+    const size_t stride = buf->combine_row_stride();
+    for (int e = 0; e < El; ++e)
+      for (int i = 0; i < sources.count(me, e); ++i) {
+        const size_t r = static_cast<size_t>(e) * rows + i;
+        std::memcpy(&zc[r * stride], &y[r * H], 2 * static_cast<size_t>(H));
+      }
+    return Status::Ok();
+  };
   cin.topk_weights = p.topk_weights[me];
 
   Expected expected;
@@ -327,6 +351,7 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
         t_d.push_back(t1 - t0 + t3 - t2);
         cpu_d.push_back(c1 - c0 + c3 - c2);
       }
+      EPX_RETURN_IF_ERROR(write_outputs());
       EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier("ll-bench-combine"));
       c0 = CpuUs(), t0 = NowUs();
       EPX_RETURN_IF_ERROR(buf->Combine(h, cin, &back, &hook));
@@ -345,6 +370,7 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
       const double c0 = CpuUs(), t0 = NowUs();
       EPX_RETURN_IF_ERROR(buf->Dispatch(in, &out, &h));
       const double t1 = NowUs(), c1 = CpuUs();
+      EPX_RETURN_IF_ERROR(write_outputs());
       EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier("ll-bench-combine"));
       const double c2 = CpuUs(), t2 = NowUs();
       EPX_RETURN_IF_ERROR(buf->Combine(h, cin, &back));
@@ -404,6 +430,35 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
   const size_t scale_bytes = LlScaleRowBytes(H, LlDispatchOptions{o.fp8, f8});
   const double d_pair = (o.fp8 ? static_cast<double>(H) + scale_bytes : 2.0 * H) + 16, c_pair = 2.0 * H;
   auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
+  // The copy limit of the same bytes (this rank's pairs x bytes per pair), same cores, same run.
+  EPX_ASSIGN_OR_RETURN(CopyLimitResult copy_d,
+                       MeasureCopyLimit(ctx, static_cast<size_t>(pairs * d_pair), static_cast<size_t>(d_pair),
+                                        o.iters, o.warmup, "ll-bench-copy-d"));
+  EPX_ASSIGN_OR_RETURN(CopyLimitResult copy_c,
+                       MeasureCopyLimit(ctx, static_cast<size_t>(pairs * c_pair), static_cast<size_t>(c_pair),
+                                        o.iters, o.warmup, "ll-bench-copy-c"));
+  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h).
+  MpiRun mpi;
+  mpi.why_not = "--mpi off";
+  if (o.mpi != "off") {
+    MpiLlCase mc;
+    mc.num_tokens = o.tokens;
+    mc.hidden = H;
+    mc.topk = K;
+    mc.num_experts = o.experts;
+    mc.max_tokens = o.tokens;
+    mc.opt = LlDispatchOptions{o.fp8, f8};
+    mc.x = x;
+    mc.topk_idx = in.topk_idx;
+    mc.topk_weights = cin.topk_weights;
+    mc.y = y;
+    if (o.check) {
+      mc.expected_dispatch = &expected.dispatch;
+      mc.expected_combine = &expected.combine;
+    }
+    EPX_ASSIGN_OR_RETURN(mpi, MpiRunLl(ctx, mc, o.iters, o.warmup));
+    if (!mpi.ran && o.mpi == "on") return EPX_ERROR(kInvalidArgument, "--mpi on: {}", mpi.why_not);
+  }
   const LlStats stats = buf->stats();
   nlohmann::json& j = *result;
   j = {{"mode", "low-latency"},
@@ -419,6 +474,7 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
        {"round_scale", f8.round_scale},
        {"ue8m0", f8.ue8m0},
        {"two_phase", o.two_phase},
+       {"zero_copy", o.zero_copy},
        {"check", !o.check         ? "off"
                  : total_bad == 0 ? "PASS"
                                   : "FAIL"},
@@ -431,6 +487,14 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
        {"combine_us_p99", sc.p99_us},
        {"dispatch_GBps", gbps(avg_pairs * d_pair, sd.median_us)},
        {"combine_GBps", gbps(avg_pairs * c_pair, sc.median_us)},
+       {"copy_dispatch_us_p50", copy_d.step.median_us},
+       {"copy_dispatch_us_p99", copy_d.step.p99_us},
+       {"copy_dispatch_GBps", copy_d.gbps},
+       {"copy_combine_us_p50", copy_c.step.median_us},
+       {"copy_combine_us_p99", copy_c.step.p99_us},
+       {"copy_combine_GBps", copy_c.gbps},
+       {"dispatch_vs_copy", sd.median_us > 0 ? copy_d.step.median_us / sd.median_us : 0.0},
+       {"combine_vs_copy", sc.median_us > 0 ? copy_c.step.median_us / sc.median_us : 0.0},
        {"recv_tokens_per_rank", recv_per_rank},
        {"sent_pairs_per_rank", avg_pairs},
        {"dispatch_bytes_per_pair", d_pair},
@@ -473,6 +537,10 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
                 {"combines", stats.combines},
                 {"wait_us_per_call_by_source", wait_us},
                 {"recv_pairs_per_dispatch_by_local_expert", per_expert}};
+  AddMpiJson(mpi, avg_pairs * d_pair, avg_pairs * c_pair, &j);
+  if (mpi.mismatches != 0)
+    return EPX_ERROR(kInternal, "--check: the MPI baseline's outputs differ from the reference ({} tensors)",
+                     mpi.mismatches);
   if (total_bad != 0)
     return EPX_ERROR(kInternal, "--check: {} output tensors differ from the reference (summed over ranks){}",
                      total_bad, first_bad.empty() ? "" : "; here: " + first_bad);
@@ -500,16 +568,19 @@ int LowLatencyCommand::Run(Context& ctx) {
         "combine BF16, depth %d, rdma %s, channels %d,%s %d iters (+%d warm-up), check %s\n",
         pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts, fp8.c_str(),
         j["config"]["depth"].get<int>(), multi ? j["config"]["rdma"].get<std::string>().c_str() : "-",
-        j["config"]["channels"].get<int>(), o_.two_phase ? " two-phase," : "", o_.iters, o_.warmup,
+        j["config"]["channels"].get<int>(),
+        o_.two_phase ? (o_.zero_copy ? " two-phase, zero-copy," : " two-phase,") : (o_.zero_copy ? " zero-copy," : ""),
+        o_.iters, o_.warmup,
         j["check"].get<std::string>().c_str());
-    std::printf("\n%-14s %12s %12s %10s %12s %12s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
-                "cpu_us");
+    std::printf("\n%-14s %12s %12s %10s %12s %12s %10s %9s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
+                "cpu_us", "copy_GB/s", "of_copy");
     for (const char* op : {"dispatch", "combine"}) {
       const std::string k = op;
-      std::printf("%-14s %12.1f %12.1f %10.2f %12s %12.1f\n", op, j[k + "_us_p50"].get<double>(),
+      std::printf("%-14s %12.1f %12.1f %10.2f %12s %12.1f %10.2f %8.0f%%\n", op, j[k + "_us_p50"].get<double>(),
                   j[k + "_us_p99"].get<double>(), j[k + "_GBps"].get<double>(),
                   multi ? fmt::format("{:.2f}", j[k + "_rdma_GBps"].get<double>()).c_str() : "-",
-                  j[k + "_cpu_us_per_rank"].get<double>());
+                  j[k + "_cpu_us_per_rank"].get<double>(), j["copy_" + k + "_GBps"].get<double>(),
+                  100.0 * j[k + "_vs_copy"].get<double>());
       if (!o_.two_phase) continue;
       for (const char* phase : {"send", "recv"}) {
         const std::string kp = k + "_" + phase;
@@ -521,9 +592,11 @@ int LowLatencyCommand::Run(Context& ctx) {
         "\ntime = slowest rank per iteration%s; GB/s = (token, expert) pairs sent per rank x bytes per pair "
         "(dispatch %.0f B, combine %.0f B) / median time; rdma = pairs to other nodes; cpu = CPU time of a "
         "rank "
-        "(all threads) per call\n",
+        "(all threads) per call; copy = memcpy of the same bytes by every rank at once (the copy limit), of_copy "
+        "= copy time / epx time\n",
         o_.two_phase ? " (dispatch/combine = send + recv of one rank, phases split by a barrier)" : "",
         j["dispatch_bytes_per_pair"].get<double>(), j["combine_bytes_per_pair"].get<double>());
+    PrintBaselines(j);
     // LlStats of rank 0, briefly.
     const auto& s = j["stats"];
     const auto per_expert = s["recv_pairs_per_dispatch_by_local_expert"].get<std::vector<double>>();

@@ -26,6 +26,8 @@
 
 #include "bench/bench_stats.h"
 #include "bench/commands.h"
+#include "bench/copy_limit.h"
+#include "bench/mpi_compare.h"
 #include "kernels/fp8.h"
 #include "kernels/normal.h"
 #include "kernels/problem_gen.h"
@@ -44,6 +46,7 @@ struct NormalOptions {
   bool check = false;
   uint64_t seed = 1;
   std::string json;
+  std::string mpi = "auto";
 };
 
 // The expected outputs of this rank, built once.
@@ -67,6 +70,9 @@ class NormalCommand final : public Command {
                  "compare every iteration with the serial reference; exit 1 on mismatch");
     app.add_option("--seed", o_.seed, "routing and data seed");
     app.add_option("--json", o_.json, "also write the results as JSON to this file (rank 0)");
+    app.add_option("--mpi", o_.mpi,
+                   "MPI baseline on the same inputs: auto = when launched by mpirun (tools/compare), on, off")
+        ->check(CLI::IsMember({"auto", "on", "off"}));
   }
   int Run(Context& ctx) override;
 
@@ -231,7 +237,36 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
     recv_rows.push_back(m.recv_rows);
   }
   const double d_bytes = rows * row_bytes, c_bytes = rows * 2.0 * H;
+  // The copy limit of the same bytes, same cores, same run (bench/copy_limit.h).
+  EPX_ASSIGN_OR_RETURN(CopyLimitResult copy_d, MeasureCopyLimit(ctx, static_cast<size_t>(M) * row_bytes, row_bytes,
+                                                                o.iters, o.warmup, "normal-bench-copy-d"));
+  EPX_ASSIGN_OR_RETURN(CopyLimitResult copy_c, MeasureCopyLimit(ctx, static_cast<size_t>(M) * 2 * H, 2 * H,
+                                                                o.iters, o.warmup, "normal-bench-copy-c"));
   auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
+  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h). Its combine is checked only on
+  // one node: it always reduces in the one-node order.
+  MpiRun mpi;
+  mpi.why_not = "--mpi off";
+  if (o.mpi != "off") {
+    MpiNormalCase mc;
+    mc.num_tokens = o.tokens;
+    mc.hidden = H;
+    mc.topk = K;
+    mc.num_experts = o.experts;
+    mc.dtype = spec.dtype;
+    mc.x = in.x;
+    mc.x_scales = in.x_scales;
+    mc.topk_idx = in.topk_idx;
+    mc.topk_weights = in.topk_weights;
+    mc.y = y;
+    mc.recv_weights = weights;
+    if (o.check) {
+      mc.expected_dispatch = &expected.dispatch;
+      if (pl.num_nodes == 1) mc.expected_combine = &expected.combine;
+    }
+    EPX_ASSIGN_OR_RETURN(mpi, MpiRunNormal(ctx, mc, o.iters, o.warmup));
+    if (!mpi.ran && o.mpi == "on") return EPX_ERROR(kInvalidArgument, "--mpi on: {}", mpi.why_not);
+  }
   nlohmann::json& j = *result;
   j = {{"mode", "normal"},
        {"ranks", R},
@@ -254,6 +289,14 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
        {"combine_us_p99", sc.p99_us},
        {"dispatch_GBps", gbps(d_bytes, sd.median_us)},
        {"combine_GBps", gbps(c_bytes, sc.median_us)},
+       {"copy_dispatch_us_p50", copy_d.step.median_us},
+       {"copy_dispatch_us_p99", copy_d.step.p99_us},
+       {"copy_dispatch_GBps", copy_d.gbps},
+       {"copy_combine_us_p50", copy_c.step.median_us},
+       {"copy_combine_us_p99", copy_c.step.p99_us},
+       {"copy_combine_GBps", copy_c.gbps},
+       {"dispatch_vs_copy", sd.median_us > 0 ? copy_d.step.median_us / sd.median_us : 0.0},
+       {"combine_vs_copy", sc.median_us > 0 ? copy_c.step.median_us / sc.median_us : 0.0},
        {"recv_tokens_per_rank", recv_rows},
        {"dispatch_cpu_us_per_rank", cpu_d},
        {"combine_cpu_us_per_rank", cpu_c},
@@ -269,9 +312,13 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
     j["dispatch_rdma_GBps"] = gbps(pairs * row_bytes, sd.median_us);
     j["combine_rdma_GBps"] = gbps(pairs * 2.0 * H, sc.median_us);
   }
+  AddMpiJson(mpi, d_bytes, c_bytes, &j);
   if (total_bad != 0)
     return EPX_ERROR(kInternal, "--check: {} output tensors differ from the reference (summed over ranks)",
                      total_bad);
+  if (mpi.mismatches != 0)
+    return EPX_ERROR(kInternal, "--check: the MPI baseline's outputs differ from the reference ({} tensors)",
+                     mpi.mismatches);
   return Status::Ok();
 }
 
@@ -291,18 +338,21 @@ int NormalCommand::Run(Context& ctx) {
         pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
         o_.fp8 ? "FP8" : "BF16", pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>().c_str() : "-",
         j["config"]["channels"].get<int>(), o_.iters, o_.warmup, j["check"].get<std::string>().c_str());
-    std::printf("\n%-9s %12s %12s %10s %12s %12s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
-                "cpu_us");
+    std::printf("\n%-9s %12s %12s %10s %12s %12s %10s %9s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
+                "cpu_us", "copy_GB/s", "of_copy");
     for (const char* op : {"dispatch", "combine"}) {
       const std::string k = op;
-      std::printf("%-9s %12.1f %12.1f %10.2f %12s %12.1f\n", op, j[k + "_us_p50"].get<double>(),
+      std::printf("%-9s %12.1f %12.1f %10.2f %12s %12.1f %10.2f %8.0f%%\n", op, j[k + "_us_p50"].get<double>(),
                   j[k + "_us_p99"].get<double>(), j[k + "_GBps"].get<double>(),
                   pl.num_nodes > 1 ? fmt::format("{:.2f}", j[k + "_rdma_GBps"].get<double>()).c_str() : "-",
-                  j[k + "_cpu_us_per_rank"].get<double>());
+                  j[k + "_cpu_us_per_rank"].get<double>(), j["copy_" + k + "_GBps"].get<double>(),
+                  100.0 * j[k + "_vs_copy"].get<double>());
     }
     std::printf(
         "\ntime = slowest rank per iteration; GB/s = received rows x row bytes per rank / median time; "
-        "rdma = (token, node) pairs x row bytes; cpu = CPU time of a rank (all threads) per call\n");
+        "rdma = (token, node) pairs x row bytes; cpu = CPU time of a rank (all threads) per call; copy = memcpy of "
+        "the same received bytes by every rank at once (the copy limit), of_copy = copy time / epx time\n");
+    PrintBaselines(j);
     if (!o_.json.empty()) {
       std::ofstream f(o_.json);
       f << j.dump(2) << "\n";

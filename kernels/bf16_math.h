@@ -14,4 +14,9 @@ namespace epx {
 // one is fused with the rounding store, so acc is touched n - 1 times instead of n + 2.
 void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n);
 
+// out[j] = bf16(((0 + fp32(w[0] * rows[0][j])) + fp32(w[1] * rows[1][j])) + ...): the low-latency combine
+// (kernels/ll_reference.h order). Each product is rounded to FP32 before its add (no FMA); n == 0 rows
+// gives +0. `acc` ([n] floats) is scratch.
+void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n);
+
 }  // namespace epx

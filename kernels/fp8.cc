@@ -84,7 +84,7 @@ template <int kN>
 // loader picks one by CPU (ifunc). Same source and no FMA in either, so the same results.
 // Not under TSan: the ifunc resolver runs during relocation, before the TSan runtime is up, and crashes.
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-#define EPX_FP8_TARGETS __attribute__((target_clones("avx2", "default")))
+#define EPX_FP8_TARGETS __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define EPX_FP8_TARGETS
 #endif

@@ -194,6 +194,8 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->ord.assign(C, std::vector<int>(cfg.num_experts, 0));
   st->wait_ns.assign(C, std::vector<uint64_t>(st->R, 0));
   st->acc.assign(C, std::vector<float>(cfg.hidden, 0.0f));
+  st->begin.assign(C, std::vector<int>(st->El, 0));
+  st->fill.assign(C, std::vector<int>(st->El, 0));
   st->recv_tokens.assign(st->El, 0);
   st->id = g_next_ll_id.fetch_add(1) ^ (static_cast<uint64_t>(st->base) << 16);
   if (pl.rank == 0)
@@ -245,7 +247,8 @@ Status LlBuffer::Dispatch(const LlDispatchInput& in, LlDispatchOutput* out, LlHa
   EPX_ASSIGN_OR_RETURN(const int b, BeginCall(st, "low-latency dispatch"));
   EPX_RETURN_IF_ERROR(CheckDispatch(st, in));
   Status s = ClaimBuffer(st, b);
-  if (s.ok()) s = LlDispatchSend(st, in, b);
+  handle->send_slot.assign(static_cast<size_t>(in.num_tokens) * in.topk, -1);
+  if (s.ok()) s = LlDispatchSend(st, in, b, handle->send_slot.data());
   if (!s.ok()) {
     st.broken = true;
     return s;
@@ -277,8 +280,7 @@ Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCom
   LlState& st = *s_;
   EPX_ASSIGN_OR_RETURN(const int b, BeginCall(st, "low-latency combine"));
   EPX_RETURN_IF_ERROR(CheckCombine(st, handle, in, *out));
-  // Zero-copy rows are already in send[b]: NextCombineBuffer() did the Quiet, so skip nothing here;
-  // the Quiet in ClaimBuffer is then a no-op.
+  // With zero-copy, NextCombineBuffer() already claimed b: the waits below return at once.
   Status s = ClaimBuffer(st, b);
   if (s.ok()) s = LlCombineSend(st, handle, in, b);
   if (!s.ok()) {
@@ -325,7 +327,12 @@ Status LlBuffer::Receive(LlHook* hook) {
 StatusOr<std::span<bf16>> LlBuffer::NextCombineBuffer() {
   LlState& st = *s_;
   EPX_ASSIGN_OR_RETURN(const int b, BeginCall(st, "low-latency NextCombineBuffer"));
-  EPX_RETURN_IF_ERROR(st.QuietAll());
+  // The caller writes send[b] next: the NIC must be done with it (Quiet) and node-local peers must have
+  // pulled the call D earlier out of it (their release), exactly what the Combine itself would wait for.
+  if (Status s = ClaimBuffer(st, b); !s.ok()) {
+    st.broken = true;
+    return s;
+  }
   auto* rows = reinterpret_cast<bf16*>(st.heap() + st.Send(b));
   return std::span<bf16>(rows, static_cast<size_t>(st.El) * st.cfg.rows_per_expert() * combine_row_stride());
 }

@@ -25,7 +25,9 @@
 //     time s wraps). Before posting call n + D, s waits until released[b][p] >= uses of b so far, for
 //     every p. That makes D calls in flight safe (D = 2 = DeepEP's double buffering; default 3 lets a
 //     dispatch and a combine of two micro-batches overlap).
-//   * own send[b]: Quiet the channels of call n before staging call n + D into send[b].
+//   * own send[b]: Quiet the channels of call n before staging call n + D into send[b]. Node-local
+//     peers also read send[b] (they pull dispatch rows from it, below); the release wait covers that,
+//     since a peer releases b only after its receive phase. NextCombineBuffer() waits the same way.
 // A call that would wrap onto a buffer whose receive phase has not run on this rank returns
 // kFailedPrecondition (the caller forgot a hook): never waits forever, never overwrites.
 //
@@ -46,8 +48,9 @@
 // payload BF16 or FP8 + scales, kernels/fp8.h), then for k in top-k order with e = idx[t][k] >= 0:
 // slot = ord[e]++ where ord[] is a per-call private counter per global expert, so the slot of t is its
 // rank among this source's tokens that select e (deterministic: no atomics decide it). One message per
-// (token, expert): Write(send[b][t] -> dest(e).recv[b][e_local][me][slot]) on the RDMA domain, or a
-// Put for a node-local dest. After the last token, for every expert e (count may be 0: the receiver
+// (token, expert) to a remote dest: Write(send[b][t] -> dest(e).recv[b][e_local][me][slot]) on the RDMA
+// domain. A node-local dest gets no message: it pulls the row from send[b][t] itself (one copy instead
+// of a put and a copy). After the last token, for every expert e (count may be 0: the receiver
 // must still hear "0"): FetchAdd(cnt[b][e_local][me], ord[e] + 1) on the SAME channel/QP as that
 // expert's data, so RC ordering makes the data visible no later than the count (for shm: release
 // AtomicAdd after the Puts). Channels: worker thread w handles experts e with e % C == w, so each
@@ -55,21 +58,25 @@
 // Return here in two-phase mode (handle.recv() runs the receive phase later); otherwise continue.
 //
 // ---- Dispatch (receive phase): deterministic placement ---------------------------------------------
-// For each local expert e: wait for cnt[b][e][s] of every source s (accumulating per-source wait time
-// for the stats), then begin(e, s) = sum of counts of sources < s, and copy recv[b][e][s][i] to
+// For each source s in rank order: wait for cnt[b][e][s] of the local experts e (accumulating per-source
+// wait time for the stats); begin(e, s) = sum of counts of sources < s; copy recv[b][e][s][i] (remote s)
+// or the i-th staged token of s that selects e (node-local s: a scan of s.send[b] in token order) to
 // packed_recv_x[e][begin + i] (payload + scales), src_info = header token, layout_range[e][s] =
 // (begin << 32) | count, packed_recv_count[e] = total. Since slots were assigned in token order and
 // blocks are placed in source order, the result is exactly ll_reference.h's order. The header's expert
 // list gives k (the slot where idx == global e), kept in a private [e][row] table for combine.
 //
 // ---- Combine ----------------------------------------------------------------------------------------
-// Send: row (e, r) of y goes to its source s = the layout_range block containing r, at
-// s.recv[b'][t][k] (t = src_info, k from the table above), one Write per row, then per destination
-// source s one FetchAdd(done[b'][me], 1) on the same QP after its rows. Zero-copy: the caller wrote y
-// into send[b'] (NextCombineBuffer()), so only the posts remain. Receive on the source: wait done[d]
-// of every destination d it sent tokens to, then out[t] = bf16(sum over k in top-k order,
-// idx >= 0, of w[t][k] * recv[b'][t][k]) in FP32 (product rounded first: no FMA), exactly
-// LlReferenceCombine; `out=` writes into the caller's buffer.
+// Send: row (e, r) of y goes to its source s = the layout_range block containing r. Remote s: one Write
+// per row to s.recv[b'][t][k] (t = src_info, k from the table above; y staged in send[b'] first unless
+// zero-copy), then one FetchAdd(done[b'][me], 1) on the same QP after its rows. Node-local s: nothing
+// moves: the rows stay in send[b'] (zero-copy: the caller wrote them there via NextCombineBuffer();
+// else one staging copy), table[b'][e][s] = begin(e, s) is published, and a release add of done tells s.
+// Receive on the source: wait done[d] of every rank d (each adds 1 per combine, 0 rows included), then
+// out[t] = bf16(sum over k in top-k order, idx >= 0, of w[t][k] * row(t, k)) in FP32 (product rounded
+// first: no FMA), exactly LlReferenceCombine, where row(t, k) is recv[b'][t][k] (remote d) or, pulled
+// from node-local d, d.send[b'][e][d.table[b'][e][me] + slot(t, k)] with slot(t, k) the rank of t among
+// this rank's tokens for e (recorded at dispatch). `out=` writes into the caller's buffer.
 //
 // ---- Atomics fallback, stats, limits ---------------------------------------------------------------
 // caps().native_atomics == false needs no special path: the domain emulates FetchAdd with
@@ -121,6 +128,7 @@ struct LlHandle {
   uint64_t buffer_id = 0;
   int num_tokens = 0, hidden = 0, topk = 0;
   std::vector<int64_t> topk_idx;      // [N, K] copy of this rank's routing
+  std::vector<int32_t> send_slot;     // [N, K] row of (t, k) among this rank's rows for that expert (-1: none)
   std::vector<int32_t> count;         // [E_local] received rows per local expert
   std::vector<int64_t> layout_range;  // [E_local, R]
   std::vector<int32_t> src_info;      // [E_local, rows] source token of each row (-1 past count)

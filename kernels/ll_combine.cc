@@ -1,10 +1,12 @@
 // Low-latency combine data path (protocol: kernels/ll.h "Combine"): every expert output row goes back
-// to slot [token][k] of its source, then one "done" add per (destination, source); the source reduces
-// in top-k order in FP32 (products rounded first), exactly LlReferenceCombine.
+// to slot [token][k] of a remote source, or stays in send[b] for a node-local source to pull; then one
+// "done" add per (destination, source); the source reduces in top-k order in FP32 (products rounded
+// first), exactly LlReferenceCombine.
 //
 // Hot-path rules: no allocation, lock or syscall in the per-row loops (acc is sized at setup).
 #include <cstring>
 
+#include "kernels/bf16_math.h"
 #include "kernels/ll_state.h"
 
 namespace epx {
@@ -13,25 +15,26 @@ Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, i
   const int El = st.El, R = st.R, rows = static_cast<int>(st.cfg.rows_per_expert()), C = st.C;
   const size_t H = static_cast<size_t>(h.hidden), bytes = 2 * H;
   // Channel c serves sources s % C == c: a source's rows and then its done flag share one QP.
+  // Remote source: one Write per row into s.recv[b][t][k]. Node-local source: nothing moves; the rows
+  // stay in this rank's send[b] (zero-copy: the caller wrote them there; else staged here) and the
+  // source pulls them while it reduces, finding them through table[b][e][s] = first row of s in e.
   auto send = [&](int c) -> Status {
     for (int s = c; s < R; s += C) {
+      const bool local = st.Local(s);
       for (int e = 0; e < El; ++e) {
         const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
         const int begin = LlRangeBegin(range), end = begin + LlRangeCount(range);
+        if (local) std::memcpy(st.heap() + st.Table(b, e, s), &begin, sizeof(begin));
         for (int row = begin; row < end; ++row) {
           const size_t r = static_cast<size_t>(e) * rows + row;
-          const size_t remote = st.CombineSlot(b, h.src_info[r], h.src_slot[r]);
           const size_t stage = st.CombineStage(b, e, row);
-          if (in.zero_copy) {
-            EPX_RETURN_IF_ERROR(st.Put(c, s, stage, remote, bytes));
-          } else if (st.Local(s)) {  // straight from the caller's rows: no staging copy
-            EPX_RETURN_IF_ERROR(st.PutPrivate(s, in.y.data() + r * H, remote, bytes));
-          } else {  // RDMA reads from the registered heap: stage the row first
-            std::memcpy(st.heap() + stage, in.y.data() + r * H, bytes);
-            EPX_RETURN_IF_ERROR(st.Put(c, s, stage, remote, bytes));
-          }
+          if (!in.zero_copy) std::memcpy(st.heap() + stage, in.y.data() + r * H, bytes);
+          if (!local)
+            EPX_RETURN_IF_ERROR(st.Put(c, s, stage, st.CombineSlot(b, h.src_info[r], h.src_slot[r]), bytes));
         }
       }
+      // Remote: after the rows on the same QP. Local: a release add, so the source that acquires it sees
+      // the table and the staged rows.
       EPX_RETURN_IF_ERROR(st.Add(c, s, st.Done(b, st.rank), 1));
     }
     if (st.rdma) EPX_RETURN_IF_ERROR(st.rdma->Flush(c));
@@ -59,20 +62,27 @@ Status LlCombineRecv(LlState& st, int b) {
   }
   auto reduce = [&](int c) -> Status {
     float* acc = st.acc[c].data();
+    const bf16* rows[kLlMaxTopk];
+    float w[kLlMaxTopk];
     const int per = (N + st.C - 1) / st.C, t0 = std::min(N, per * c), t1 = std::min(N, per * (c + 1));
     for (int t = t0; t < t1; ++t) {
-      std::fill(acc, acc + H, 0.0f);
-      for (int k = 0; k < K; ++k) {
-        if (h.topk_idx[static_cast<size_t>(t) * K + k] < 0) continue;
-        const float w = p.weights[static_cast<size_t>(t) * K + k];
-        const auto* y = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
-        for (int j = 0; j < H; ++j) {
-          const float prod = w * Bf16ToFloat(y[j]);  // rounded to FP32 before the add (ISO C++: no contraction)
-          acc[j] += prod;
+      int n = 0;
+      for (int k = 0; k < K; ++k) {  // top-k order: the reduction order of the reference
+        const size_t tk = static_cast<size_t>(t) * K + k;
+        const int64_t g = h.topk_idx[tk];
+        if (g < 0) continue;
+        const int d = st.Owner(g), e = static_cast<int>(g % st.El);
+        w[n] = p.weights[tk];
+        if (st.Local(d)) {  // pull from d's send[b]: row = (first row of this rank in e) + slot of (t, k)
+          int32_t first;
+          std::memcpy(&first, st.ctx.node().Address(d, st.Table(b, e, st.rank)), sizeof(first));
+          rows[n++] = reinterpret_cast<const bf16*>(
+              st.ctx.node().Address(d, st.CombineStage(b, e, first + h.send_slot[tk])));
+        } else {
+          rows[n++] = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
         }
       }
-      bf16* o = dst + static_cast<size_t>(t) * H;
-      for (int j = 0; j < H; ++j) o[j] = FloatToBf16(acc[j]);
+      WeightedSumBf16Rows(dst + static_cast<size_t>(t) * H, acc, rows, w, n, H);
     }
     return Status::Ok();
   };

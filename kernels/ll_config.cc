@@ -49,7 +49,9 @@ StatusOr<LlLayout> LlLayout::Make(const LowLatencyConfig& cfg) {
   l.recv_bytes = AlignUp(std::max(el * rows * l.dispatch_msg, t * cfg.topk * l.combine_msg), 4096);
   l.counter_bytes = AlignUp(8 * (el * r + 2 * r), 64);
   l.counters_total = AlignUp(cfg.depth * l.counter_bytes, 4096);
-  l.heap_bytes = cfg.depth * (l.send_bytes + l.recv_bytes) + l.counters_total;
+  l.table_bytes = AlignUp(4 * el * r, 64);
+  l.tables_total = AlignUp(cfg.depth * l.table_bytes, 4096);
+  l.heap_bytes = cfg.depth * (l.send_bytes + l.recv_bytes) + l.counters_total + l.tables_total;
   return l;
 }
 

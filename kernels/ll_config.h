@@ -23,7 +23,9 @@
 //   counters   = align64(8 * (E_local * R + 2R))              dispatch count per (local expert, source);
 //                                                             combine "done" per destination rank;
 //                                                             "released" per peer (kernels/ll.h)
-//   heap       = D * (align4096(send) + align4096(recv)) + align4096(D * counters)
+//   table      = align64(4 * E_local * R)                     combine: first row of each (local expert, source)
+//                                                             in send, read by node-local sources that pull
+//   heap       = D * (align4096(send) + align4096(recv)) + align4096(D * counters) + align4096(D * table)
 // The counters of all buffers are one block so the caller can put it in the RDMA counter area. Size
 // does not depend on R for a fixed E (E_local * R = E), as in DeepEP.
 // e.g. H=7168, K=8, T_max=128, E=256, D=3: dispatch = 14400 B, combine = 14336 B, send = 448 MiB,
@@ -75,6 +77,8 @@ struct LlLayout {
   size_t recv_bytes = 0;      // per buffer, page aligned
   size_t counter_bytes = 0;   // per buffer (64-aligned); all D of them form one block
   size_t counters_total = 0;  // align4096(D * counter_bytes)
+  size_t table_bytes = 0;     // per buffer: combine row table [E_local][R] int32 (64-aligned)
+  size_t tables_total = 0;    // align4096(D * table_bytes)
   size_t heap_bytes = 0;      // everything
   static StatusOr<LlLayout> Make(const LowLatencyConfig& cfg);
 };

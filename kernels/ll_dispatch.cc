@@ -29,7 +29,7 @@ size_t ScaleOffset(const LlLayout& lay, int hidden) {
 
 }  // namespace
 
-Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b) {
+Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* send_slot) {
   const LlLayout& lay = st.lay;
   const LlDispatchOptions opt{in.use_fp8, in.use_fp8 ? in.fp8 : Fp8Options{}};
   const uint32_t shape = LlShapeWord(in.hidden, opt.use_fp8, opt.fp8);
@@ -66,6 +66,8 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b) {
         if (e < 0 || e % C != c) continue;
         const int dest = st.Owner(e), el = static_cast<int>(e % st.El);
         const int slot = ord[e]++;  // rank of t among this source's tokens for e: no atomics decide it
+        send_slot[static_cast<size_t>(t) * K + k] = slot;  // combine finds the row of (t, k) with it
+        if (st.Local(dest)) continue;  // node-local experts pull from send[b] (LlDispatchRecv)
         EPX_RETURN_IF_ERROR(st.Put(c, dest, st.Send(b) + static_cast<size_t>(t) * lay.dispatch_msg,
                                    st.DispatchSlot(b, el, st.rank, slot), msg_len));
       }
@@ -99,49 +101,87 @@ Status LlDispatchRecv(LlState& st, int b) {
   out.layout_range.assign(static_cast<size_t>(El) * R, 0);
   h.src_slot.assign(total, 0);
   const int topk = h.topk;
-  // Channel c receives local experts e % C == c: waits for source 0's count, places its block, then
-  // source 1's... A block's first row is the sum of the counts before it, known by then.
+  // Channel c receives local experts e % C == c, source by source in rank order: it waits for the
+  // counts of its experts from source s, then places s's rows after those of sources < s (begin).
+  // Remote sources wrote full messages into recv slots; node-local sources staged every token once in
+  // their send[b], and this rank pulls the rows straight from there (one copy instead of two). Their
+  // staging stays valid until this rank releases b (kernels/ll.h "Rotation"): a source reuses send[b]
+  // only after every peer released it.
   auto recv = [&](int c) -> Status {
-    for (int e = c; e < El; e += st.C) {
-      const int64_t global = static_cast<int64_t>(st.rank) * El + e;
-      int begin = 0;
-      for (int s = 0; s < R; ++s) {
+    int* begin = st.begin[c].data();
+    int* fill = st.fill[c].data();
+    for (int e = c; e < El; e += st.C) begin[e] = 0;
+    for (int s = 0; s < R; ++s) {
+      int remaining = 0;
+      for (int e = c; e < El; e += st.C) {
         uint64_t& prev = st.prev_cnt[(static_cast<size_t>(b) * El + e) * R + s];
         EPX_ASSIGN_OR_RETURN(uint64_t v, st.WaitGE(s, st.Cnt(b, e, s), prev + 1, &st.wait_ns[c][s], [&] {
-          return fmt::format("dispatch count of local expert {} from source {} (buffer {}, call {})", e, s, b, p.call);
+          return fmt::format("dispatch count of local expert {} from source {} (buffer {}, call {})", e, s, b,
+                             p.call);
         }));
         const uint64_t cnt = v - prev - 1;
         prev = v;
         if (cnt > static_cast<uint64_t>(st.cfg.max_tokens))
-          return EPX_ERROR(kInternal, "low-latency dispatch: source {} announced {} tokens for local expert {} > T_max {}",
-                           s, cnt, e, st.cfg.max_tokens);
-        for (int i = 0; i < static_cast<int>(cnt); ++i) {
-          const uint8_t* m = st.heap() + st.DispatchSlot(b, e, s, i);
-          Header hd;
-          std::memcpy(&hd, m, sizeof(hd));
-          if (hd.shape != p.shape)
-            return EPX_ERROR(kInvalidArgument,
-                             "low-latency dispatch: source rank {} sent H={} mode={}, this rank expects H={} mode={} "
-                             "(mode 0 BF16, 1 FP8, 2 FP8 round_scale, 3 UE8M0; all ranks must agree per call)",
-                             s, hd.shape & 0xffffff, hd.shape >> 24, hidden, p.shape >> 24);
-          const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
-          int k = 0;
-          while (k < topk && ids[k] != global) ++k;
-          if (k == topk)
-            return EPX_ERROR(kInternal, "low-latency dispatch: message from rank {} token {} does not select expert {}",
-                             s, hd.token, global);
-          const size_t row = static_cast<size_t>(e) * rows + begin + i;
-          std::memcpy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
-          if (scale_bytes)
-            std::memcpy(out.scales.data() + row * scale_bytes, m + ScaleOffset(lay, hidden), scale_bytes);
-          out.src_info[row] = hd.token;
-          h.src_slot[row] = static_cast<uint8_t>(k);
-        }
-        out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin, static_cast<int32_t>(cnt));
-        begin += static_cast<int>(cnt);
+          return EPX_ERROR(kInternal,
+                           "low-latency dispatch: source {} announced {} tokens for local expert {} > T_max {}", s,
+                           cnt, e, st.cfg.max_tokens);
+        out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin[e], static_cast<int32_t>(cnt));
+        fill[e] = 0;
+        remaining += static_cast<int>(cnt);
       }
-      out.count[e] = begin;
+      // Places message m (header + payload) as row `fill[e]` of source s in local expert e.
+      auto place = [&](const uint8_t* m, int e) -> Status {
+        Header hd;
+        std::memcpy(&hd, m, sizeof(hd));
+        if (hd.shape != p.shape)
+          return EPX_ERROR(kInvalidArgument,
+                           "low-latency dispatch: source rank {} sent H={} mode={}, this rank expects H={} mode={} "
+                           "(mode 0 BF16, 1 FP8, 2 FP8 round_scale, 3 UE8M0; all ranks must agree per call)",
+                           s, hd.shape & 0xffffff, hd.shape >> 24, hidden, p.shape >> 24);
+        const int64_t global = static_cast<int64_t>(st.rank) * El + e;
+        const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
+        int k = 0;
+        while (k < topk && ids[k] != global) ++k;
+        if (k == topk)
+          return EPX_ERROR(kInternal, "low-latency dispatch: message from rank {} token {} does not select expert {}",
+                           s, hd.token, global);
+        const size_t row = static_cast<size_t>(e) * rows + begin[e] + fill[e]++;
+        std::memcpy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
+        if (scale_bytes) std::memcpy(out.scales.data() + row * scale_bytes, m + ScaleOffset(lay, hidden), scale_bytes);
+        out.src_info[row] = hd.token;
+        h.src_slot[row] = static_cast<uint8_t>(k);
+        return Status::Ok();
+      };
+      if (st.Local(s)) {
+        // Scan s's staged tokens in order (slot order = token order) until every announced row is found.
+        const uint8_t* staged = st.ctx.node().Address(s, st.Send(b));
+        for (int t = 0; remaining > 0; ++t) {
+          if (t >= st.cfg.max_tokens)
+            return EPX_ERROR(kInternal, "low-latency dispatch: source {} announced {} more rows than it staged", s,
+                             remaining);
+          const uint8_t* m = staged + static_cast<size_t>(t) * lay.dispatch_msg;
+          const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
+          for (int k = 0; k < topk; ++k) {
+            const int64_t g = ids[k];
+            if (g < 0 || g / El != st.rank || (g % El) % st.C != c) continue;
+            EPX_RETURN_IF_ERROR(place(m, static_cast<int>(g % El)));
+            --remaining;
+          }
+        }
+      } else {
+        for (int e = c; e < El; e += st.C) {
+          const int cnt = LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]);
+          for (int i = 0; i < cnt; ++i) EPX_RETURN_IF_ERROR(place(st.heap() + st.DispatchSlot(b, e, s, i), e));
+        }
+      }
+      for (int e = c; e < El; e += st.C) {
+        if (fill[e] != LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]))
+          return EPX_ERROR(kInternal, "low-latency dispatch: local expert {} found {} rows of source {}, announced {}",
+                           e, fill[e], s, LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]));
+        begin[e] += fill[e];
+      }
     }
+    for (int e = c; e < El; e += st.C) out.count[e] = begin[e];
     return Status::Ok();
   };
   EPX_RETURN_IF_ERROR(st.RunChannels(recv));

@@ -56,6 +56,7 @@ struct LlState {
   std::vector<std::vector<int>> ord;   // [C][E] per-channel slot counters of the call being sent
   std::vector<std::vector<uint64_t>> wait_ns;  // [C][R] per-channel wait time per source
   std::vector<std::vector<float>> acc;         // [C][hidden] combine reduction scratch
+  std::vector<std::vector<int>> begin, fill;   // [C][El] dispatch receive: first row / rows placed per expert
   std::vector<uint64_t> recv_tokens;           // [El]
   uint64_t dispatches = 0, combines = 0;
   bool broken = false;  // a call failed midway: peers may hold a part of it
@@ -70,6 +71,9 @@ struct LlState {
   size_t Send(int b) const { return base + static_cast<size_t>(b) * (lay.send_bytes + lay.recv_bytes); }
   size_t Recv(int b) const { return Send(b) + lay.send_bytes; }
   size_t CounterBlock() const { return base + static_cast<size_t>(D()) * (lay.send_bytes + lay.recv_bytes); }
+  size_t Table(int b, int e, int s) const {
+    return CounterBlock() + lay.counters_total + b * lay.table_bytes + 4 * (static_cast<size_t>(e) * R + s);
+  }
   size_t Cnt(int b, int e, int s) const {
     return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(e) * R + s);
   }
@@ -158,7 +162,7 @@ struct LlState {
 
 // Data path (ll_dispatch.cc, ll_combine.cc). The send phases assume validated inputs, a free buffer
 // b = call % D and released peers; the receive phases consume pending[b].
-Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b);
+Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* send_slot);
 Status LlDispatchRecv(LlState& st, int b);
 Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b);
 Status LlCombineRecv(LlState& st, int b);

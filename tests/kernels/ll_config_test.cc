@@ -49,10 +49,12 @@ TEST(LlConfig, SmallConfigByHand) {
   EXPECT_EQ(l->recv_bytes, 16384u);
   EXPECT_EQ(l->counter_bytes, 128u);  // align64(8 * (3 * 2 + 2 * 2))
   EXPECT_EQ(l->counters_total, 4096u);
-  EXPECT_EQ(l->heap_bytes, 4u * (16384 + 16384) + 4096);
+  EXPECT_EQ(l->table_bytes, 64u);  // align64(4 * 3 * 2)
+  EXPECT_EQ(l->tables_total, 4096u);
+  EXPECT_EQ(l->heap_bytes, 4u * (16384 + 16384) + 4096 + 4096);
   // Linear in depth.
   c.depth = 2;
-  EXPECT_EQ(*LlHeapBytes(c), 2u * (16384 + 16384) + 4096);
+  EXPECT_EQ(*LlHeapBytes(c), 2u * (16384 + 16384) + 4096 + 4096);
 }
 
 TEST(LlConfig, RejectsEachInvariant) {

@@ -1,0 +1,53 @@
+// bench/baselines_report.cc: the MPI / copy-limit columns of the epx-bench tables (bench/mpi_compare.h).
+#include <cstdio>
+#include <string>
+
+#include "bench/mpi_compare.h"
+
+namespace epx::bench {
+
+void AddMpiJson(const MpiRun& m, double d_bytes, double c_bytes, nlohmann::json* j) {
+  nlohmann::json& o = *j;
+  if (!m.ran) {
+    o["mpi"] = "not run: " + m.why_not;
+    return;
+  }
+  auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
+  o["mpi"] = "Open MPI MPI_Alltoall + MPI_Alltoallv (bench/mpi)";
+  o["mpi_dispatch_us_p50"] = m.dispatch.median_us;
+  o["mpi_dispatch_us_p99"] = m.dispatch.p99_us;
+  o["mpi_combine_us_p50"] = m.combine.median_us;
+  o["mpi_combine_us_p99"] = m.combine.p99_us;
+  o["mpi_dispatch_GBps"] = gbps(d_bytes, m.dispatch.median_us);
+  o["mpi_combine_GBps"] = gbps(c_bytes, m.combine.median_us);
+  const double ed = o["dispatch_us_p50"].get<double>(), ec = o["combine_us_p50"].get<double>();
+  o["dispatch_vs_mpi"] = ed > 0 ? m.dispatch.median_us / ed : 0.0;
+  o["combine_vs_mpi"] = ec > 0 ? m.combine.median_us / ec : 0.0;
+  o["total_vs_mpi"] = ed + ec > 0 ? (m.dispatch.median_us + m.combine.median_us) / (ed + ec) : 0.0;
+  o["mpi_check_mismatches"] = m.mismatches;
+}
+
+void PrintBaselines(const nlohmann::json& j) {
+  const bool mpi = j.contains("mpi_dispatch_us_p50");
+  std::printf("\n%-22s %11s %11s %8s   %11s %11s %8s\n", "baseline", "disp_p50_us", "disp_p99_us", "GB/s",
+              "comb_p50_us", "comb_p99_us", "GB/s");
+  auto row = [&](const char* name, const std::string& p) {
+    std::printf("%-22s %11.1f %11.1f %8.2f   %11.1f %11.1f %8.2f\n", name, j[p + "dispatch_us_p50"].get<double>(),
+                j[p + "dispatch_us_p99"].get<double>(), j[p + "dispatch_GBps"].get<double>(),
+                j[p + "combine_us_p50"].get<double>(), j[p + "combine_us_p99"].get<double>(),
+                j[p + "combine_GBps"].get<double>());
+  };
+  row("epx", "");
+  if (mpi) row("MPI Alltoallv", "mpi_");
+  row("copy limit (memcpy)", "copy_");
+  if (mpi)
+    std::printf("epx speed-up vs MPI: dispatch %.2fx, combine %.2fx, both %.2fx (MPI time / epx time, medians)\n",
+                j["dispatch_vs_mpi"].get<double>(), j["combine_vs_mpi"].get<double>(),
+                j["total_vs_mpi"].get<double>());
+  else
+    std::printf("MPI baseline %s\n", j.value("mpi", std::string("not run")).c_str());
+  std::printf("epx vs copy limit: dispatch %.0f%%, combine %.0f%% (copy time / epx time, medians)\n",
+              100.0 * j["dispatch_vs_copy"].get<double>(), 100.0 * j["combine_vs_copy"].get<double>());
+}
+
+}  // namespace epx::bench

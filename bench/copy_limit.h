@@ -1,0 +1,27 @@
+// bench/copy_limit.h: the copy limit of a benchmark shape: every rank memcpy's exactly the bytes it must
+// move (its received rows), in rows of the same size, all ranks at the same time on their pinned cores,
+// in the same run as the measured kernel. No exchange can move those bytes into place faster than one
+// copy of them, so time(copy) / time(kernel) is the fraction of the limit reached.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "bench/bench_stats.h"
+#include "core/status.h"
+#include "transport/context.h"
+
+namespace epx::bench {
+
+struct CopyLimitResult {
+  Stats step;            // slowest rank per iteration
+  double gbps = 0;       // bytes (mean over ranks) / median step
+  double bytes_per_rank = 0;
+};
+
+// Times `iters` (+ `warmup`) copies of `bytes` (this rank's) in rows of `row_bytes` between two private
+// NUMA-local buffers, each iteration after a bootstrap barrier. Collective.
+StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters, int warmup,
+                                           const char* phase);
+
+}  // namespace epx::bench
