@@ -26,12 +26,14 @@ std::atomic<int>& LevelSlot() {
   return level;
 }
 std::atomic<int> g_rank{-1};
+std::atomic<LogSink> g_sink{nullptr};
 
 }  // namespace
 
 LogLevel CurrentLogLevel() { return static_cast<LogLevel>(LevelSlot().load(std::memory_order_relaxed)); }
 void SetLogLevel(LogLevel level) { LevelSlot().store(static_cast<int>(level), std::memory_order_relaxed); }
 void SetLogRank(int rank) { g_rank.store(rank, std::memory_order_relaxed); }
+void SetLogSink(LogSink sink) { g_sink.store(sink, std::memory_order_relaxed); }
 
 void Log(LogLevel level, std::string_view line) {
   static constexpr const char kTag[] = {'E', 'W', 'I', 'D', 'T'};
@@ -40,6 +42,10 @@ void Log(LogLevel level, std::string_view line) {
                               : fmt::format("epx {} ", kTag[static_cast<int>(level)]);
   out.append(line);
   out.push_back('\n');
+  if (LogSink sink = g_sink.load(std::memory_order_relaxed)) {
+    sink(out);
+    return;
+  }
   // One write per line: atomic for pipes up to PIPE_BUF, and never torn by other threads' lines.
   ssize_t rc = ::write(STDERR_FILENO, out.data(), out.size());
   (void)rc;

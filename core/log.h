@@ -16,6 +16,11 @@ void SetLogLevel(LogLevel level);
 // Every line carries "epx[r<rank>]" once the rank is known (-1: unknown, prints "epx").
 void SetLogRank(int rank);
 void Log(LogLevel level, std::string_view line);
+// Where finished lines go (default: one write(2) to stderr); nullptr restores the default. For tests
+// and fuzz targets, which create errors (each logged once where it starts) by the million. Set it
+// before other threads log: it is read without ordering against them.
+using LogSink = void (*)(std::string_view line);
+void SetLogSink(LogSink sink);
 inline bool LogEnabled(LogLevel level) { return static_cast<int>(level) <= static_cast<int>(CurrentLogLevel()); }
 
 }  // namespace epx

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
@@ -30,7 +31,8 @@ constexpr TunableDef kTable[] = {
     {"EPX_TIMEOUT", T::kDuration, "60s", "ms", "", "deadline of each data-path wait"},
     {"EPX_SPIN_ITERS", T::kInt, "256", "polls", "0..1000000", "busy polls before yielding"},
     {"EPX_YIELD_ITERS", T::kInt, "64", "polls", "0..1000000", "sched_yield polls before sleeping"},
-    {"EPX_MAX_SLEEP", T::kDuration, "1ms", "ms", "", "cap of the exponential sleep in waits (1us..)"},
+    {"EPX_MAX_SLEEP", T::kDuration, "1ms", "ms", "",
+     "cap of the exponential sleep in waits (0 = 1 us; at most 60s)"},
     {"EPX_RDMA", T::kEnum, "auto", "", "auto|verbs|shm",
      "inter-node domain: verbs, or shm emulation; auto = verbs when a device exists"},
     {"EPX_IB_DEVICE", T::kString, "", "", "", "RDMA device name (default: nearest to the rank's NUMA node)"},
@@ -93,8 +95,9 @@ StatusOr<const TunableDef*> Lookup(std::string_view name, T type) {
   return d;
 }
 
-// Checks one value against its row; returns the canonical text.
-Status CheckValue(const TunableDef& d, std::string_view v) {
+}  // namespace
+
+Status ValidateTunableValue(const TunableDef& d, std::string_view v) {
   switch (d.type) {
     case T::kInt: {
       int64_t x = 0;
@@ -129,8 +132,6 @@ Status CheckValue(const TunableDef& d, std::string_view v) {
   return Status::Ok();
 }
 
-}  // namespace
-
 std::span<const TunableDef> AllTunables() { return kTable; }
 
 const TunableDef* FindTunable(std::string_view name) {
@@ -157,43 +158,71 @@ StatusOr<int64_t> ParseDurationMs(std::string_view text) {
   uint64_t n = 0;
   std::string_view suf;
   if (!SplitNumber(Trim(text), n, suf)) return Status(Code::kInvalidArgument, "not a duration");
-  if (suf.empty() || suf == "ms") return static_cast<int64_t>(n);
-  if (suf == "us") return static_cast<int64_t>((n + 999) / 1000);
-  if (suf == "s") return static_cast<int64_t>(n * 1000);
-  if (suf == "m" || suf == "min") return static_cast<int64_t>(n * 60000);
-  return Status(Code::kInvalidArgument, fmt::format("unknown duration unit '{}'", suf));
+  // Milliseconds must fit an int64_t: a wrapped value would be a negative (already expired) deadline.
+  constexpr uint64_t kMaxMs = static_cast<uint64_t>(INT64_MAX);
+  uint64_t ms = 0;
+  if (suf.empty() || suf == "ms") {
+    ms = n;
+  } else if (suf == "us") {
+    ms = n / 1000 + (n % 1000 != 0);  // rounded up; n + 999 could wrap
+  } else if (suf == "s") {
+    ms = n <= kMaxMs / 1000 ? n * 1000 : ~0ull;
+  } else if (suf == "m" || suf == "min") {
+    ms = n <= kMaxMs / 60000 ? n * 60000 : ~0ull;
+  } else {
+    return Status(Code::kInvalidArgument, fmt::format("unknown duration unit '{}'", suf));
+  }
+  if (ms > kMaxMs) return Status(Code::kInvalidArgument, "duration overflows");
+  return static_cast<int64_t>(ms);
+}
+
+std::string FormatSize(uint64_t n) {
+  if (n != 0) {
+    if (n % (1ull << 30) == 0) return fmt::format("{}G", n >> 30);
+    if (n % (1ull << 20) == 0) return fmt::format("{}M", n >> 20);
+    if (n % (1ull << 10) == 0) return fmt::format("{}K", n >> 10);
+  }
+  return fmt::format("{}", n);
+}
+
+std::string FormatDurationMs(int64_t ms) {
+  if (ms != 0) {
+    if (ms % 60000 == 0) return fmt::format("{}m", ms / 60000);
+    if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
+  }
+  return fmt::format("{}ms", ms);
 }
 
 StatusOr<int64_t> TunableInt(std::string_view name) {
   EPX_ASSIGN_OR_RETURN(const TunableDef* d, Lookup(name, T::kInt));
   const char* v = RawValue(*d, nullptr);
-  EPX_RETURN_IF_ERROR(CheckValue(*d, v));
+  EPX_RETURN_IF_ERROR(ValidateTunableValue(*d, v));
   return std::strtoll(v, nullptr, 10);
 }
 
 StatusOr<uint64_t> TunableSize(std::string_view name) {
   EPX_ASSIGN_OR_RETURN(const TunableDef* d, Lookup(name, T::kSize));
   const char* v = RawValue(*d, nullptr);
-  EPX_RETURN_IF_ERROR(CheckValue(*d, v));
+  EPX_RETURN_IF_ERROR(ValidateTunableValue(*d, v));
   return ParseSize(v);
 }
 
 StatusOr<int64_t> TunableMs(std::string_view name) {
   EPX_ASSIGN_OR_RETURN(const TunableDef* d, Lookup(name, T::kDuration));
   const char* v = RawValue(*d, nullptr);
-  EPX_RETURN_IF_ERROR(CheckValue(*d, v));
+  EPX_RETURN_IF_ERROR(ValidateTunableValue(*d, v));
   return ParseDurationMs(v);
 }
 
 StatusOr<std::string> TunableStr(std::string_view name) {
   EPX_ASSIGN_OR_RETURN(const TunableDef* d, Lookup(name, T::kString));
   const char* v = RawValue(*d, nullptr);
-  EPX_RETURN_IF_ERROR(CheckValue(*d, v));
+  EPX_RETURN_IF_ERROR(ValidateTunableValue(*d, v));
   return std::string(Trim(v));
 }
 
 Status ValidateTunableEnv() {
-  for (const auto& d : kTable) EPX_RETURN_IF_ERROR(CheckValue(d, RawValue(d, nullptr)));
+  for (const auto& d : kTable) EPX_RETURN_IF_ERROR(ValidateTunableValue(d, RawValue(d, nullptr)));
   return Status::Ok();
 }
 
@@ -211,16 +240,21 @@ std::string FormatTunables() {
   return out;
 }
 
+BackoffPolicy BackoffPolicy::FromTunables() {
+  // Bad values were reported by ValidateTunableEnv at context setup; here we keep the defaults.
+  BackoffPolicy b;
+  if (auto v = TunableInt("EPX_SPIN_ITERS"); v.ok()) b.spin_iters = static_cast<uint32_t>(*v);
+  if (auto v = TunableInt("EPX_YIELD_ITERS"); v.ok()) b.yield_iters = static_cast<uint32_t>(*v);
+  if (auto v = TunableMs("EPX_MAX_SLEEP"); v.ok()) {
+    // Clamped in milliseconds first: *v * 1000 overflows an int64_t for durations of ~292k years.
+    const int64_t ms = std::min<int64_t>(*v, BackoffPolicy::kMaxSleepCapUs / 1000);
+    b.max_sleep_us = static_cast<uint32_t>(std::max<int64_t>(ms * 1000, 1));
+  }
+  return b;
+}
+
 const BackoffPolicy& BackoffPolicy::Default() {
-  // Read once; bad values were reported by ValidateTunableEnv at context setup, here we keep defaults.
-  static const BackoffPolicy p = [] {
-    BackoffPolicy b;
-    if (auto v = TunableInt("EPX_SPIN_ITERS"); v.ok()) b.spin_iters = static_cast<uint32_t>(*v);
-    if (auto v = TunableInt("EPX_YIELD_ITERS"); v.ok()) b.yield_iters = static_cast<uint32_t>(*v);
-    if (auto v = TunableMs("EPX_MAX_SLEEP"); v.ok()) b.max_sleep_us = static_cast<uint32_t>(*v * 1000);
-    if (b.max_sleep_us == 0) b.max_sleep_us = 1;
-    return b;
-  }();
+  static const BackoffPolicy p = FromTunables();  // read once
   return p;
 }
 

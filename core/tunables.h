@@ -39,6 +39,14 @@ StatusOr<std::string> TunableStr(std::string_view name);   // kEnum (validated) 
 // Parsers (exposed for tests): "4096", "64K", "64M", "2G" (binary units); "250ms", "30s", "2m", "1500".
 StatusOr<uint64_t> ParseSize(std::string_view text);
 StatusOr<int64_t> ParseDurationMs(std::string_view text);
+// Inverses: the largest unit that divides the value exactly ("64M", "1536K", "4097"; "30s", "2m",
+// "250ms"), so that ParseSize(FormatSize(n)) == n and ParseDurationMs(FormatDurationMs(ms)) == ms.
+std::string FormatSize(uint64_t bytes);
+std::string FormatDurationMs(int64_t ms);
+
+// Checks one value (as it would come from the environment) against the row `def`: what every
+// getter and ValidateTunableEnv() apply. kInvalidArgument names the variable and what is accepted.
+Status ValidateTunableValue(const TunableDef& def, std::string_view value);
 
 // Validates every EPX_* variable set in the environment: unknown EPX_ names that look like tunables
 // get a warning (typo guard), bad values an error.

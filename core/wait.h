@@ -39,7 +39,11 @@ struct BackoffPolicy {
   uint32_t spin_iters = 256;
   uint32_t yield_iters = 64;
   uint32_t max_sleep_us = 1000;
-  // From EPX_SPIN_ITERS / EPX_YIELD_ITERS / EPX_MAX_SLEEP (validated by the tunables table).
+  // EPX_MAX_SLEEP is clamped to 1 us .. this (60 s): doubling a sleep below it never wraps a uint32_t.
+  static constexpr uint32_t kMaxSleepCapUs = 60'000'000;
+  // From EPX_SPIN_ITERS / EPX_YIELD_ITERS / EPX_MAX_SLEEP (validated by the tunables table), read
+  // from the environment now; Default() reads them once.
+  static BackoffPolicy FromTunables();
   static const BackoffPolicy& Default();
 };
 
@@ -54,7 +58,8 @@ class Backoff {
       ++n_;
       sched_yield();
     } else {
-      timespec ts{0, static_cast<long>(sleep_us_) * 1000};
+      // tv_nsec must stay below 1e9: nanosleep rejects {0, 1e9} with EINVAL without sleeping at all.
+      timespec ts{static_cast<time_t>(sleep_us_ / 1000000), static_cast<long>(sleep_us_ % 1000000) * 1000};
       nanosleep(&ts, nullptr);
       if (sleep_us_ < p_.max_sleep_us) sleep_us_ = sleep_us_ * 2 > p_.max_sleep_us ? p_.max_sleep_us : sleep_us_ * 2;
     }

@@ -16,47 +16,18 @@
 #include "core/sys.h"
 #include "core/tunables.h"
 #include "core/wait.h"
+#include "transport/bootstrap_wire.h"
 
 namespace epx {
 namespace {
 
-constexpr uint32_t kMagic = 0x42585045;  // "EPXB"
-constexpr uint32_t kVersion = 1;
-constexpr size_t kMaxPhase = 64;
-constexpr uint64_t kMaxBlob = 64ull << 20;  // setup records only; guards against garbage lengths
-
-struct Hello {
-  uint32_t magic, version;
-  int32_t rank, world;
-  uint64_t job_hash;
-};
-struct MsgHeader {
-  uint32_t magic, kind;
-  uint64_t seq;
-  int32_t root;
-  uint32_t phase_len;
-  uint64_t blob_len;
-};
-struct ReplyHeader {
-  uint32_t magic, code;  // code: 0 = ok, else epx::Code of the error whose text follows
-  uint64_t len;
-};
-
-uint64_t Fnv1a(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-const char* KindName(uint32_t k) {
-  switch (k) {
-    case 1: return "allgather";
-    case 2: return "allgatherv";
-    case 3: return "broadcast";
-    case 4: return "barrier";
-  }
-  return "?";
-}
+using bootstrap_wire::Hello;
+using bootstrap_wire::KindName;
+using bootstrap_wire::kMagic;
+using bootstrap_wire::kMaxBlob;
+using bootstrap_wire::kMaxPhase;
+using bootstrap_wire::MsgHeader;
+using bootstrap_wire::ReplyHeader;
 
 std::string RankList(const std::vector<int>& r) {
   return fmt::format("{}", fmt::join(r, ","));
@@ -148,7 +119,7 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
   std::unique_ptr<Bootstrap> b(new Bootstrap(p.rank, p.world_size, timeout));
   if (p.world_size == 1) return b;
   const Deadline d = Deadline::After(timeout);
-  const uint64_t job = Fnv1a(p.job_id);
+  const uint64_t job = bootstrap_wire::JobHash(p.job_id);
   EPX_ASSIGN_OR_RETURN(addrinfo * ai, Resolve(p.master_addr, p.master_port, p.rank == 0));
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> ai_owner(ai, freeaddrinfo);
   const std::string where = fmt::format("{}:{}", p.master_addr, p.master_port);
@@ -179,25 +150,23 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
       }
       EPX_SYS(fd, ::accept4(b->listen_fd_, nullptr, nullptr, SOCK_CLOEXEC), "bootstrap accept");
       SetNoDelay(static_cast<int>(fd));
-      Hello h{};
+      uint8_t hb[sizeof(Hello)] = {};
       // A stray connection (port scanner, wrong job) must not stall the root: short per-peer deadline.
-      Status st = RecvAll(static_cast<int>(fd), &h, sizeof(h), Deadline::After(std::chrono::seconds(5)), "hello");
-      std::string bad;
-      if (!st.ok() || h.magic != kMagic) bad = "not an epx bootstrap peer";
-      else if (h.version != kVersion) bad = fmt::format("protocol version {} (root has {})", h.version, kVersion);
-      else if (h.job_hash != job) bad = "a different job id (EPX_JOB_ID differs: stale process of another run?)";
-      else if (h.world != p.world_size) bad = fmt::format("world size {} (root has {})", h.world, p.world_size);
-      else if (h.rank <= 0 || h.rank >= p.world_size) bad = fmt::format("rank {} out of range", h.rank);
-      else if (b->fds_[h.rank] >= 0) bad = fmt::format("rank {} joined twice", h.rank);
-      if (!bad.empty()) {
+      Status st =
+          RecvAll(static_cast<int>(fd), hb, sizeof(hb), Deadline::After(std::chrono::seconds(5)), "hello");
+      StatusOr<Hello> h = st.ok() ? bootstrap_wire::DecodeHello(hb) : StatusOr<Hello>(std::move(st));
+      Status verdict = h.ok() ? bootstrap_wire::CheckHello(*h, job, p.world_size, b->fds_)
+                              : Status(Code::kInvalidArgument, "not an epx bootstrap peer");
+      if (!verdict.ok()) {
+        const std::string& bad = verdict.message();
         Status rej(Code::kInvalidArgument, "bootstrap root rejected this rank: " + bad);
         (void)SendReply(static_cast<int>(fd), rej, {}, Deadline::After(std::chrono::seconds(1)), "reject");
         ::close(static_cast<int>(fd));
         EPX_WARN("bootstrap: rejected a connection: {}", bad);
-        if (h.magic == kMagic && h.job_hash == job) return EPX_ERROR(kInvalidArgument, "bootstrap: {}", bad);
+        if (h.ok() && h->job_hash == job) return EPX_ERROR(kInvalidArgument, "bootstrap: {}", bad);
         continue;
       }
-      b->fds_[h.rank] = static_cast<int>(fd);
+      b->fds_[h->rank] = static_cast<int>(fd);
       ++joined;
     }
     for (int r = 1; r < p.world_size; ++r) EPX_RETURN_IF_ERROR(SendReply(b->fds_[r], Status::Ok(), {}, d, "welcome"));
@@ -223,18 +192,23 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
     backoff.Pause();
   }
   SetNoDelay(b->fds_[0]);
-  Hello h{kMagic, kVersion, p.rank, p.world_size, job};
+  Hello h{kMagic, bootstrap_wire::kVersion, p.rank, p.world_size, job};
   EPX_RETURN_IF_ERROR(SendAll(b->fds_[0], &h, sizeof(h), d, "bootstrap hello to rank 0"));
-  ReplyHeader rh{};
+  uint8_t rb[sizeof(ReplyHeader)] = {};
   // Rank 0 enforces the connect deadline and names the missing ranks; wait a little longer than it
   // so that its explanation, not our own bare timeout, is what this rank reports.
   const Deadline dw = Deadline::After(timeout + std::chrono::seconds(2));
-  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], &rh, sizeof(rh), dw, "bootstrap connect: waiting for all ranks"));
-  if (rh.code != 0) {
-    std::string msg(std::min<uint64_t>(rh.len, 4096), '\0');
+  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], rb, sizeof(rb), dw, "bootstrap connect: waiting for all ranks"));
+  auto rh = bootstrap_wire::DecodeReplyHeader(rb, Kind::kConnect, p.world_size, 0);
+  if (!rh.ok())
+    return EPX_ERROR(kInternal, "bootstrap connect: corrupt reply from rank 0 at {}: {}", where,
+                     rh.status().message());
+  if (rh->code != 0) {
+    std::string msg(rh->len, '\0');  // at most kMaxErrorText
     (void)RecvAll(b->fds_[0], msg.data(), msg.size(), Deadline::After(std::chrono::seconds(2)),
                   "bootstrap error text");
-    return internal::MakeError(static_cast<Code>(rh.code), __FILE__, __LINE__, msg + " (reported by rank 0)");
+    Status e = bootstrap_wire::ReplyError(*rh, msg);
+    return internal::MakeError(e.code(), __FILE__, __LINE__, e.message());
   }
   return b;
 }
@@ -255,6 +229,10 @@ StatusOr<std::vector<uint8_t>> Bootstrap::RootRound(Kind kind, std::string_view 
   got[0] = true;
   int pending = world_ - 1;
   Status st;
+  // Rank 0's own blob obeys the bound it enforces on the others (whose decoders check the result).
+  if (mine.size() > kMaxBlob)
+    st = EPX_ERROR(kInvalidArgument, "{}: rank 0's blob of {} bytes exceeds the {}-byte bootstrap limit",
+                   what, mine.size(), kMaxBlob);
   std::vector<pollfd> pfds;
   while (pending > 0 && st.ok()) {
     pfds.clear();
@@ -276,12 +254,18 @@ StatusOr<std::vector<uint8_t>> Bootstrap::RootRound(Kind kind, std::string_view 
     for (const auto& pf : pfds) {
       if (pf.revents == 0) continue;
       int r = static_cast<int>(std::find(fds_.begin(), fds_.end(), pf.fd) - fds_.begin());
+      uint8_t hb[sizeof(MsgHeader)] = {};
+      Status rs = RecvAll(pf.fd, hb, sizeof(hb), d, fmt::format("{}: rank {}", what, r));
       MsgHeader h{};
-      Status rs = RecvAll(pf.fd, &h, sizeof(h), d, fmt::format("{}: rank {}", what, r));
-      char ph[kMaxPhase + 1] = {};
-      if (rs.ok() && (h.magic != kMagic || h.phase_len > kMaxPhase || h.blob_len > kMaxBlob))
-        rs = EPX_ERROR(kInternal, "{}: corrupt message from rank {}", what, r);
-      if (rs.ok()) rs = RecvAll(pf.fd, ph, h.phase_len, d, what);
+      if (rs.ok()) {
+        auto dh = bootstrap_wire::DecodeMsgHeader(hb);
+        if (dh.ok())
+          h = *dh;
+        else
+          rs = EPX_ERROR(kInternal, "{}: corrupt message from rank {}: {}", what, r, dh.status().message());
+      }
+      std::string ph(h.phase_len, '\0');  // at most kMaxPhase, as checked by the decoder
+      if (rs.ok()) rs = RecvAll(pf.fd, ph.data(), ph.size(), d, what);
       if (rs.ok()) {
         blobs[r].resize(h.blob_len);
         rs = RecvAll(pf.fd, blobs[r].data(), h.blob_len, d, what);
@@ -292,7 +276,7 @@ StatusOr<std::vector<uint8_t>> Bootstrap::RootRound(Kind kind, std::string_view 
                  : std::move(rs);
         break;
       }
-      if (h.kind != static_cast<uint32_t>(kind) || h.seq != seq_ || phase != ph || h.root != root) {
+      if (!bootstrap_wire::SameCollective(h, ph, kind, seq_, root, phase)) {
         st = EPX_ERROR(kFailedPrecondition,
                        "{}: rank {} is in a different collective: {} '{}' (#{}, root {}); ranks must call "
                        "bootstrap collectives in the same order",
@@ -313,11 +297,7 @@ StatusOr<std::vector<uint8_t>> Bootstrap::RootRound(Kind kind, std::string_view 
                          blobs[0].size());
       for (auto& b : blobs) out.insert(out.end(), b.begin(), b.end());
     } else if (kind == Kind::kAllGatherV) {
-      for (auto& b : blobs) {
-        uint64_t n = b.size();
-        out.insert(out.end(), reinterpret_cast<uint8_t*>(&n), reinterpret_cast<uint8_t*>(&n) + 8);
-        out.insert(out.end(), b.begin(), b.end());
-      }
+      out = bootstrap_wire::EncodeAllGatherV(blobs);
     } else if (kind == Kind::kBroadcast) {
       out = blobs[root];
     }
@@ -339,14 +319,9 @@ StatusOr<std::vector<uint8_t>> Bootstrap::Round(Kind kind, std::string_view phas
                      root, world_ - 1);
   ++seq_;
   if (world_ == 1) {
-    if (kind == Kind::kAllGatherV) {
-      std::vector<uint8_t> out(8);
-      uint64_t n = mine.size();
-      std::memcpy(out.data(), &n, 8);
-      out.insert(out.end(), mine.begin(), mine.end());
-      return out;
-    }
-    return std::vector<uint8_t>(mine.begin(), mine.end());
+    std::vector<uint8_t> out(mine.begin(), mine.end());
+    if (kind == Kind::kAllGatherV) return bootstrap_wire::EncodeAllGatherV({&out, 1});
+    return out;
   }
   if (rank_ == 0) return RootRound(kind, phase, root, mine);
 
@@ -356,24 +331,29 @@ StatusOr<std::vector<uint8_t>> Bootstrap::Round(Kind kind, std::string_view phas
   const int fd = fds_[0];
   EPX_RETURN_IF_ERROR(SendAll(fd, &h, sizeof(h), d, what));
   EPX_RETURN_IF_ERROR(SendAll(fd, phase.data(), phase.size(), d, what));
-  EPX_RETURN_IF_ERROR(SendAll(fd, mine.data(), mine.size(), d, what));
-  ReplyHeader rh{};
+  // Rank 0 refuses an oversized blob from the header alone and answers every rank with that error; the
+  // blob itself is not sent, or this rank would block on a socket that rank 0 no longer reads.
+  if (mine.size() <= kMaxBlob) EPX_RETURN_IF_ERROR(SendAll(fd, mine.data(), mine.size(), d, what));
+  uint8_t rb[sizeof(ReplyHeader)] = {};
   // Rank 0 enforces the deadline and tells us who is missing; our own wait gets a little slack so
   // that the root's explanation (rather than our bare timeout) normally wins.
   const Deadline dr = Deadline::After(timeout_ + std::chrono::seconds(2));
-  Status st = RecvAll(fd, &rh, sizeof(rh), dr, what);
+  Status st = RecvAll(fd, rb, sizeof(rb), dr, what);
   if (!st.ok()) {
     if (st.code() == Code::kPeerFailure)
       return EPX_ERROR(kPeerFailure, "{}: rank 0 (bootstrap root) closed the connection (it died or failed)", what);
     return st;
   }
-  if (rh.magic != kMagic || rh.len > kMaxBlob * 1024)
-    return EPX_ERROR(kInternal, "{}: corrupt reply from rank 0", what);
-  std::vector<uint8_t> out(rh.len);
+  // The length is checked against what this collective can produce before anything is allocated.
+  auto rh = bootstrap_wire::DecodeReplyHeader(rb, kind, world_, mine.size());
+  if (!rh.ok()) return EPX_ERROR(kInternal, "{}: corrupt reply from rank 0: {}", what, rh.status().message());
+  std::vector<uint8_t> out(rh->len);
   EPX_RETURN_IF_ERROR(RecvAll(fd, out.data(), out.size(), dr, what));
-  if (rh.code != 0)
-    return internal::MakeError(static_cast<Code>(rh.code), __FILE__, __LINE__,
-                               std::string(out.begin(), out.end()) + " (reported by rank 0)");
+  if (rh->code != 0) {
+    Status e = bootstrap_wire::ReplyError(
+        *rh, std::string_view(reinterpret_cast<const char*>(out.data()), out.size()));
+    return internal::MakeError(e.code(), __FILE__, __LINE__, e.message());
+  }
   return out;
 }
 
@@ -384,17 +364,8 @@ StatusOr<std::vector<uint8_t>> Bootstrap::AllGather(std::string_view phase, std:
 StatusOr<std::vector<std::vector<uint8_t>>> Bootstrap::AllGatherV(std::string_view phase,
                                                                  std::span<const uint8_t> mine) {
   EPX_ASSIGN_OR_RETURN(auto raw, Round(Kind::kAllGatherV, phase, 0, mine));
-  std::vector<std::vector<uint8_t>> out(world_);
-  size_t off = 0;
-  for (int r = 0; r < world_; ++r) {
-    uint64_t n = 0;
-    if (off + 8 > raw.size()) return EPX_ERROR(kInternal, "allgatherv '{}': short reply", phase);
-    std::memcpy(&n, raw.data() + off, 8);
-    off += 8;
-    if (off + n > raw.size()) return EPX_ERROR(kInternal, "allgatherv '{}': short reply", phase);
-    out[r].assign(raw.begin() + off, raw.begin() + off + n);
-    off += n;
-  }
+  auto out = bootstrap_wire::DecodeAllGatherV(raw, world_);
+  if (!out.ok()) return EPX_ERROR(kInternal, "allgatherv '{}': {}", phase, out.status().message());
   return out;
 }
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "transport/bootstrap_wire.h"
 #include "transport/placement.h"
 
 namespace epx {
@@ -55,13 +56,15 @@ class Bootstrap {
     static_assert(std::is_trivially_copyable_v<T>);
     EPX_ASSIGN_OR_RETURN(auto raw, AllGather(phase, {reinterpret_cast<const uint8_t*>(&mine), sizeof(T)}));
     std::vector<T> out(world_);
+    EPX_CHECK_OR_RETURN(raw.size() == out.size() * sizeof(T), "all-gather '{}' of {} bytes", phase,
+                        raw.size());
     std::memcpy(out.data(), raw.data(), raw.size());
     return out;
   }
 
  private:
   Bootstrap(int rank, int world, std::chrono::milliseconds timeout) : rank_(rank), world_(world), timeout_(timeout) {}
-  enum class Kind : uint32_t { kAllGather = 1, kAllGatherV = 2, kBroadcast = 3, kBarrier = 4 };
+  using Kind = bootstrap_wire::Kind;
   // One round; returns the blob rank 0 sent back to this rank.
   StatusOr<std::vector<uint8_t>> Round(Kind kind, std::string_view phase, int root, std::span<const uint8_t> mine);
   StatusOr<std::vector<uint8_t>> RootRound(Kind kind, std::string_view phase, int root,

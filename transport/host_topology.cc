@@ -264,11 +264,14 @@ std::string FormatCpuList(const std::vector<int>& cpus, bool ranges) {
 }
 
 StatusOr<std::vector<int>> ParseCpuList(std::string_view text) {
-  std::vector<int> out;
+  // CPU numbers stop where CurrentAffinity stops growing its mask: a larger one is a typo, and would
+  // make "0-2147483647" allocate 8 GiB (and overflow the loop counter at INT_MAX).
+  constexpr int kMaxCpu = (1 << 20) - 1;
   auto num = [&](std::string_view s, int& v) {
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
     return ec == std::errc() && p == s.data() + s.size() && v >= 0;
   };
+  std::vector<std::pair<int, int>> ranges;
   while (!text.empty()) {
     size_t comma = text.find(',');
     std::string_view item = text.substr(0, comma);
@@ -279,10 +282,14 @@ StatusOr<std::vector<int>> ParseCpuList(std::string_view text) {
                   ? num(item, lo) && num(item, hi)
                   : num(item.substr(0, dash), lo) && num(item.substr(dash + 1), hi);
     if (!ok || hi < lo) return EPX_ERROR(kInvalidArgument, "bad cpu list item '{}'", item);
-    for (int c = lo; c <= hi; ++c) out.push_back(c);
+    if (hi > kMaxCpu) return EPX_ERROR(kInvalidArgument, "cpu list item '{}': cpus end at {}", item, kMaxCpu);
+    ranges.emplace_back(lo, hi);
   }
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
+  // Merged in order of their starts, so overlapping ranges cost their union, not their sum.
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<int> out;
+  for (auto [lo, hi] : ranges)
+    for (int c = out.empty() ? lo : std::max(lo, out.back() + 1); c <= hi; ++c) out.push_back(c);
   return out;
 }
 

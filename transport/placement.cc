@@ -131,10 +131,21 @@ StatusOr<Placement> PlacementFromEnv(const EnvFn& env) {
   if (p.master_port < 1 || p.master_port > 65535)
     return EPX_ERROR(kInvalidArgument, "master port {} is not in 1..65535", p.master_port);
 
-  if (const char* j = env("EPX_JOB_ID")) p.job_id = j;
-  else if (conv && conv->job_id && env(conv->job_id)) p.job_id = env(conv->job_id);
-  else if (p.world_size == 1) p.job_id = fmt::format("single-{}", ::getpid());
-  else p.job_id = fmt::format("{}-{}", p.master_addr, p.master_port);  // equal on all ranks of the job
+  // An empty job id counts as unset (as in epx-run): it names the heap sockets and keys the bootstrap
+  // hello, so '' would make every job that sets it empty the same job.
+  auto nonempty = [&](const char* name) -> const char* {
+    const char* v = name != nullptr ? env(name) : nullptr;
+    return v != nullptr && *v != '\0' ? v : nullptr;
+  };
+  if (const char* j = nonempty("EPX_JOB_ID")) {
+    p.job_id = j;
+  } else if (const char* lj = nonempty(conv ? conv->job_id : nullptr)) {
+    p.job_id = lj;
+  } else if (p.world_size == 1) {
+    p.job_id = fmt::format("single-{}", ::getpid());
+  } else {
+    p.job_id = fmt::format("{}-{}", p.master_addr, p.master_port);  // equal on all ranks of the job
+  }
   return p;
 }
 

@@ -13,6 +13,7 @@
 //   none      a single rank (rank 0 of 1)
 // Master address: EPX_MASTER_ADDR, else MASTER_ADDR, else 127.0.0.1 when all ranks are on one host.
 // Master port: EPX_MASTER_PORT, else MASTER_PORT, else 29500 (+ SLURM_JOB_ID % 1000 under Slurm).
+// Job id: EPX_JOB_ID, else the launcher's, else derived from the master endpoint; an empty one is unset.
 #pragma once
 
 #include <functional>

@@ -5,6 +5,8 @@
 
 #include <set>
 
+#include "core/wait.h"
+
 namespace epx {
 namespace {
 
@@ -83,6 +85,55 @@ TEST(Tunables, FormatShowsValueAndSource) {
   EXPECT_NE(t.find("5s"), std::string::npos);
   EXPECT_NE(t.find("env"), std::string::npos);
   EXPECT_NE(t.find("EPX_HEAP_SIZE"), std::string::npos);
+}
+
+// Found by tests/fuzz/tunables_fuzz: durations whose milliseconds do not fit an int64_t used to wrap
+// (negative timeouts, i.e. deadlines already expired) instead of being rejected.
+TEST(Tunables, DurationOverflowIsAnError) {
+  EXPECT_EQ(*ParseDurationMs("9223372036854775807"), INT64_MAX);
+  EXPECT_FALSE(ParseDurationMs("9223372036854775808").ok());
+  EXPECT_FALSE(ParseDurationMs("18446703774409551617").ok());
+  EXPECT_FALSE(ParseDurationMs("30222222222222222s").ok());
+  EXPECT_FALSE(ParseDurationMs("153722867280913m").ok());
+  EXPECT_EQ(*ParseDurationMs("153722867280912m"), 153722867280912 * 60000);
+  EXPECT_EQ(*ParseDurationMs("18446744073709551615us"), 18446744073709552);  // rounded up, no wrap
+  EXPECT_EQ(*ParseDurationMs("1001us"), 2);
+  EnvGuard g("EPX_TIMEOUT", "30222222222222222s");
+  EXPECT_FALSE(TunableMs("EPX_TIMEOUT").ok());
+}
+
+TEST(Tunables, FormatRoundTrips) {
+  for (uint64_t n : {0ull, 1ull, 4097ull, 1536ull << 10, 64ull << 20, 2ull << 30, ~0ull}) {
+    auto back = ParseSize(FormatSize(n));
+    ASSERT_TRUE(back.ok()) << FormatSize(n);
+    EXPECT_EQ(*back, n) << FormatSize(n);
+  }
+  EXPECT_EQ(FormatSize(64u << 20), "64M");
+  for (int64_t ms : {int64_t{0}, int64_t{250}, int64_t{30000}, int64_t{120000}, INT64_MAX}) {
+    auto back = ParseDurationMs(FormatDurationMs(ms));
+    ASSERT_TRUE(back.ok()) << FormatDurationMs(ms);
+    EXPECT_EQ(*back, ms) << FormatDurationMs(ms);
+  }
+  EXPECT_EQ(FormatDurationMs(30000), "30s");
+}
+
+// Found by tests/fuzz/tunables_fuzz: EPX_MAX_SLEEP * 1000 overflowed an int64_t (undefined behaviour)
+// and large values were truncated to 32 bits.
+TEST(Tunables, MaxSleepIsClamped) {
+  {
+    EnvGuard g("EPX_MAX_SLEEP", "16989579394285898ms");
+    EXPECT_EQ(BackoffPolicy::FromTunables().max_sleep_us, BackoffPolicy::kMaxSleepCapUs);
+  }
+  {
+    EnvGuard g("EPX_MAX_SLEEP", "4295s");  // 4295000000 us: wrapped to 32 bits before
+    EXPECT_EQ(BackoffPolicy::FromTunables().max_sleep_us, BackoffPolicy::kMaxSleepCapUs);
+  }
+  {
+    EnvGuard g("EPX_MAX_SLEEP", "0");
+    EXPECT_EQ(BackoffPolicy::FromTunables().max_sleep_us, 1u);
+  }
+  EnvGuard g("EPX_MAX_SLEEP", "2s");
+  EXPECT_EQ(BackoffPolicy::FromTunables().max_sleep_us, 2000000u);
 }
 
 }  // namespace

@@ -162,6 +162,11 @@ TEST(LauncherPinPlan, ThisHostAndCpuLists) {
   EXPECT_EQ(*parsed, (std::vector<int>{0, 1, 2, 3, 8, 10, 11}));
   EXPECT_FALSE(ParseCpuList("3-1").ok());
   EXPECT_FALSE(ParseCpuList("x").ok());
+  // Found by tests/fuzz/cpu_list_fuzz: a huge range allocated 4 bytes per cpu (8 GiB for this one, and
+  // the loop counter overflowed at INT_MAX); overlapping ranges cost their sum.
+  EXPECT_FALSE(ParseCpuList("0-2147483647").ok());
+  EXPECT_EQ(ParseCpuList("0-1048575")->size(), 1u << 20);
+  EXPECT_EQ(*ParseCpuList("4-7,0-5,6"), (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7}));
 
   EXPECT_EQ(DeviceNumaNode("no-such-device0"), -1);
   EXPECT_EQ(DeviceNumaNode("../../etc"), -1);

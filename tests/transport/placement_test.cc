@@ -100,5 +100,17 @@ TEST(Placement, BadValuesAreNamed) {
   ExpectError({{"EPX_RANK", "0"}, {"EPX_WORLD_SIZE", "0"}}, "world size must be >= 1");
 }
 
+// Found by tests/fuzz/placement_fuzz: an empty EPX_JOB_ID was taken as the job id, so every job that
+// set it empty shared heap socket names and bootstrap job hash. Empty now means unset (as in epx-run).
+TEST(Placement, EmptyJobIdIsUnset) {
+  auto p =
+      From({{"EPX_RANK", "0"}, {"EPX_WORLD_SIZE", "2"}, {"EPX_MASTER_PORT", "4000"}, {"EPX_JOB_ID", ""}});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->job_id, "127.0.0.1-4000");
+  p = From({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"TORCHELASTIC_RUN_ID", ""}, {"EPX_JOB_ID", ""}});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->job_id, "127.0.0.1-29500");
+}
+
 }  // namespace
 }  // namespace epx

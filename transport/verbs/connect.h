@@ -24,6 +24,7 @@
 
 #include "core/status.h"
 #include "core/wait.h"
+#include "transport/verbs/connect_wire.h"
 #include "transport/verbs/device.h"
 #include "transport/verbs/ibv_wrap.h"
 
@@ -33,19 +34,7 @@ class Bootstrap;
 
 namespace epx::verbs {
 
-// What a peer needs to address this rank's port (part of the rank record exchanged at setup).
-struct PortAddress {
-  uint8_t gid[16];
-  uint16_t lid;
-  uint8_t port;
-  uint8_t link_layer;
-  uint8_t mtu;      // enum ibv_mtu
-  uint8_t rd_atom;  // RDMA reads/atomics in flight, as initiator and as target
-  uint8_t use_grh;  // 1: address by GID (RoCE, or IB with EPX_IB_GID_INDEX)
-  uint8_t pad;
-};
-static_assert(sizeof(PortAddress) == 24);
-
+// What a peer needs to address this rank's port (PortAddress: transport/verbs/connect_wire.h).
 PortAddress MakePortAddress(const DeviceChoice& dev, uint8_t rd_atom);
 
 // One QP of this rank: to `peer` for channel `ch` (ch == number of data channels: the control QP).
@@ -89,17 +78,11 @@ StatusOr<ibv_qp*> CreateWithInlineFallback(const QpConfig& cfg, size_t slot, con
 std::string SlotName(const QpSlot& s, int channels);  // "rank 3 channel 1" / "rank 3 control QP"
 
 // Out-of-band: collective over every rank of `boot` (ranks without slots take part too).
-// `addrs[r]` is rank r's port address; `channels` = data channels per peer (slots use 0..channels).
+// `addrs[r]` is rank r's port address (validated: CheckRankRecord); `channels` = data channels per peer
+// (slots use 0..channels).
 StatusOr<std::vector<QpOwner>> ConnectOob(Bootstrap& boot, const DeviceChoice& dev,
                                           std::span<const PortAddress> addrs, const QpConfig& cfg,
                                           std::span<const QpSlot> slots, int channels);
-
-// rdma_cm endpoint of a rank: IPv4 (network order) and port of its listener.
-struct CmEndpoint {
-  uint32_t ipv4;
-  uint16_t port;
-  uint16_t pad;
-};
 
 class RdmacmConnector {
  public:

@@ -40,11 +40,6 @@ std::string SlotName(const QpSlot& s, int channels) {
 
 namespace {
 
-struct OobQp {
-  uint32_t qpn;  // 0: no QP for this (rank, channel)
-  uint32_t psn;
-};
-
 Status ToInit(ibv_qp* qp, int port, const std::string& what) {
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_INIT;
@@ -61,7 +56,7 @@ Status ToRtr(ibv_qp* qp, const DeviceChoice& dev, const PortAddress& remote, con
   ibv_qp_attr a{};
   a.qp_state = IBV_QPS_RTR;
   // path MTU = the smaller active MTU of the two ports (a larger one would be dropped on the way).
-  a.path_mtu = std::min(dev.active_mtu, static_cast<ibv_mtu>(remote.mtu));
+  a.path_mtu = PathMtu(dev.active_mtu, remote);
   a.dest_qp_num = rq.qpn;
   a.rq_psn = rq.psn;
   a.max_dest_rd_atomic = std::min(rd_atom, remote.rd_atom);
@@ -133,20 +128,14 @@ StatusOr<std::vector<QpOwner>> ConnectOob(Bootstrap& boot, const DeviceChoice& d
   EPX_ASSIGN_OR_RETURN(
       auto all, boot.AllGather("verbs-oob-qps",
                                {reinterpret_cast<const uint8_t*>(mine.data()), mine.size() * sizeof(OobQp)}));
-  const size_t row = mine.size();
   for (size_t i = 0; i < slots.size(); ++i) {
     const QpSlot& s = slots[i];
     const std::string what = SlotName(s, channels);
-    OobQp remote;
-    std::memcpy(&remote,
-                all.data() +
-                    (static_cast<size_t>(s.peer) * row + static_cast<size_t>(me) * k1 + s.ch) * sizeof(OobQp),
-                sizeof(OobQp));
-    if (remote.qpn == 0)
-      return EPX_ERROR(
-          kFailedPrecondition,
-          "out-of-band connect: rank {} made no QP for rank {} channel {} (do the peer lists agree?)", s.peer,
-          me, s.ch);
+    auto remote_or = DecodeOobQp(all, world, channels, s.peer, me, s.ch);
+    if (!remote_or.ok())
+      return internal::MakeError(remote_or.status().code(), __FILE__, __LINE__,
+                                 "out-of-band connect: " + remote_or.status().message());
+    const OobQp remote = *remote_or;
     const PortAddress& ra = addrs[s.peer];
     if (ra.link_layer != dev.link_layer)
       return EPX_ERROR(kFailedPrecondition,

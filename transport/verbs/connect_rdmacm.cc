@@ -21,39 +21,7 @@
 namespace epx::verbs {
 namespace {
 
-// Private data of rdma_connect: at most 56 bytes on RDMA_PS_TCP (IB CM REQ). Fixed layout, versioned.
-constexpr uint32_t kHelloMagic = 0x43585045;   // "EPXC"
-constexpr uint32_t kRejectMagic = 0x52585045;  // "EPXR"
-constexpr uint16_t kHelloVersion = 1;
-struct CmHello {
-  uint32_t magic;
-  uint16_t version;
-  uint16_t ch;
-  int32_t src_rank;
-  int32_t dst_rank;
-  uint64_t job_tag;  // hash of the job id: a stray connect from another job is rejected
-};
-static_assert(sizeof(CmHello) == 24 && sizeof(CmHello) <= 56);
-struct CmReject {
-  uint32_t magic;
-  uint16_t version;
-  uint16_t reason;  // RejectReason
-};
-enum RejectReason : uint16_t { kBadHello = 1, kOtherJob = 2, kUnexpected = 3, kDuplicate = 4 };
-const char* RejectText(uint16_t r) {
-  switch (r) {
-    case kBadHello:
-      return "malformed or other-version hello";
-    case kOtherJob:
-      return "hello from another job";
-    case kUnexpected:
-      return "no such (rank, channel) expected";
-    case kDuplicate:
-      return "already connected";
-    default:
-      return "?";
-  }
-}
+// Private data of rdma_connect / rdma_reject (CmHello, CmReject): transport/verbs/connect_wire.h.
 
 constexpr int kResolveMs = 2000;
 
@@ -238,20 +206,12 @@ StatusOr<std::vector<QpOwner>> RdmacmConnector::Connect(int rank, uint64_t job_t
   };
   auto on_request = [&](rdma_cm_id* id, const rdma_conn_param& req,
                         const std::vector<uint8_t>& pd) -> Status {
-    CmHello h{};
-    if (pd.size() < sizeof(h)) {
-      reject(id, kBadHello, fmt::format("{} bytes of private data", pd.size()));
+    const CmHelloVerdict v = DecodeCmHello(pd, job_tag, rank);
+    if (v.reject != 0) {
+      reject(id, v.reject, v.why);
       return Status::Ok();
     }
-    std::memcpy(&h, pd.data(), sizeof(h));
-    if (h.magic != kHelloMagic || h.version != kHelloVersion) {
-      reject(id, kBadHello, fmt::format("magic 0x{:x} version {}", h.magic, h.version));
-      return Status::Ok();
-    }
-    if (h.job_tag != job_tag || h.dst_rank != rank) {
-      reject(id, kOtherJob, fmt::format("from rank {} for rank {}", h.src_rank, h.dst_rank));
-      return Status::Ok();
-    }
+    const CmHello& h = v.hello;
     auto it = std::find_if(conns.begin(), conns.end(), [&](const Conn& c) {
       return !c.active && c.s.peer == h.src_rank && c.s.ch == h.ch;
     });
@@ -359,11 +319,9 @@ StatusOr<std::vector<QpOwner>> RdmacmConnector::Connect(int rank, uint64_t job_t
           c->st = St::kEstablished;
           break;
         case RDMA_CM_EVENT_REJECTED: {
-          CmReject r{};
-          if (pd.size() >= sizeof(r)) std::memcpy(&r, pd.data(), sizeof(r));
-          if (r.magic == kRejectMagic && r.reason != kDuplicate)
+          if (const auto reason = DecodeCmReject(pd); reason && *reason != kDuplicate)
             return EPX_ERROR(kFailedPrecondition, "rdma_cm: rank {} rejected {}: {}", c->s.peer, name(*c),
-                             RejectText(r.reason));
+                             RejectText(*reason));
           retry_later(*c, fmt::format("{} (status {})", CmEventName(type), status));
           break;
         }

@@ -48,8 +48,6 @@
 
 namespace epx::verbs {
 
-constexpr uint32_t kRecordMagic = 0x56585045;  // "EPXV"
-constexpr uint32_t kRecordVersion = 1;
 constexpr uint32_t kChainMax = 32;     // WRs per ibv_post_send
 constexpr int kPollBatch = 16;         // CQEs per ibv_poll_cq
 constexpr uint32_t kWantSq = 256;      // send WRs in flight per data QP
@@ -97,26 +95,6 @@ constexpr uint64_t kSeqMask = (uint64_t{1} << kOpShift) - 1;
 inline uint64_t WrId(uint32_t index, uint8_t op, uint64_t seq) {
   return (uint64_t{index} << kIndexShift) | (uint64_t{op} << kOpShift) | (seq & kSeqMask);
 }
-
-// Setup record every rank publishes (one bootstrap all-gather).
-struct RankRecord {
-  uint32_t magic;
-  uint32_t version;
-  int32_t rank;
-  int32_t world;
-  int32_t channels;
-  uint8_t native_atomics;
-  uint8_t rdmacm;
-  uint16_t pad0;
-  uint64_t heap_addr;
-  uint64_t heap_size;
-  uint32_t rkey;
-  uint32_t pad1;
-  uint64_t counter_off;
-  uint64_t counter_bytes;
-  PortAddress port;
-  CmEndpoint cm;
-};
 
 struct SendQp {
   ibv_qp* qp = nullptr;

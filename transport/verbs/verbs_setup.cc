@@ -170,8 +170,10 @@ Status VerbsDomain::SetupDevice(const std::string& connect) {
   scratch_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, scratch_bytes)));
   if (!scratch_) return EPX_ERROR(kResource, "rdma(verbs): {} bytes of atomic scratch", scratch_bytes);
   std::memset(scratch_.get(), 0, scratch_bytes);
-  EPX_IBV_NEW(mr, ibv_reg_mr, (pd, scratch_.get(), scratch_bytes, IBV_ACCESS_LOCAL_WRITE),
-              "atomic result scratch");
+  // An int, not the enumerator: the ibv_reg_mr macro ANDs it with an enumerator of another enum type
+  // (IBV_ACCESS_OPTIONAL_RANGE), which clang rejects in C++20 (-Wdeprecated-enum-enum-conversion).
+  const int scratch_access = IBV_ACCESS_LOCAL_WRITE;
+  EPX_IBV_NEW(mr, ibv_reg_mr, (pd, scratch_.get(), scratch_bytes, scratch_access), "atomic result scratch");
   scratch_mr_.reset(mr);
   return Status::Ok();
 }
@@ -236,19 +238,9 @@ StatusOr<std::vector<RankRecord>> VerbsDomain::ExchangeRecords(bool rdmacm) {
   bool all_native = true;
   for (int i = 0; i < world_; ++i) {
     const RankRecord& x = recs[static_cast<size_t>(i)];
-    if (x.magic != kRecordMagic || x.version != kRecordVersion || x.rank != i)
-      return EPX_ERROR(kFailedPrecondition,
-                       "rdma(verbs): rank {} sent a record of another epx version (magic 0x{:x} "
-                       "version {})",
-                       i, x.magic, x.version);
-    if (x.channels != k_ || x.rdmacm != r.rdmacm || x.counter_off != r.counter_off ||
-        x.counter_bytes != r.counter_bytes)
-      return EPX_ERROR(
-          kInvalidArgument,
-          "rdma(verbs): ranks disagree on the domain options: rank {} has {} channels, connect {}, counters "
-          "[{}, +{}); rank {} has {}, {}, [{}, +{}) (EPX_QPS_PER_PEER / EPX_CONNECT must match)",
-          i, x.channels, x.rdmacm ? "rdmacm" : "oob", x.counter_off, x.counter_bytes, me_, k_,
-          rdmacm ? "rdmacm" : "oob", r.counter_off, r.counter_bytes);
+    // Every field a peer sent is validated before it is used (port address, heap range, endpoint).
+    if (Status st = CheckRankRecord(x, i, r); !st.ok())
+      return internal::MakeError(st.code(), __FILE__, __LINE__, "rdma(verbs): " + st.message());
     all_native = all_native && x.native_atomics;
   }
   // A counter must see either only NIC atomics or only CPU adds (rxe's atomics are not atomic against
