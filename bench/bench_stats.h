@@ -18,4 +18,7 @@ Stats Summarize(std::vector<double> samples_us);
 // Seconds since an arbitrary epoch, monotonic, ns resolution.
 double NowUs();
 
+// CPU time of this process (all its threads) in microseconds.
+double CpuUs();
+
 }  // namespace epx::bench

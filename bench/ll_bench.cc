@@ -104,13 +104,6 @@ class LowLatencyCommand final : public Command {
   LlOptions o_;
 };
 
-// CPU time of this process (all its threads) in microseconds.
-double CpuUs() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + u.ru_utime.tv_usec + u.ru_stime.tv_usec;
-}
-
 size_t MiBUp(size_t bytes) {
   return (bytes + (1u << 20) - 1) >> 20;
 }

@@ -81,13 +81,6 @@ class NormalCommand final : public Command {
   NormalOptions o_;
 };
 
-// CPU time of this process (all its threads) in microseconds.
-double CpuUs() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + u.ru_utime.tv_usec + u.ru_stime.tv_usec;
-}
-
 // Counts outputs that differ from the reference (0 = bitwise equal).
 size_t Mismatches(const DispatchOutput& d, const CombineOutput& c, const Expected& e) {
   size_t bad = d.num_recv_tokens != e.dispatch.num_rows;
