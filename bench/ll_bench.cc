@@ -463,6 +463,7 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
        {"topk", K},
        {"experts", o.experts},
        {"dtype", o.fp8 ? "fp8" : "bf16"},
+       {"zero_copy", o.zero_copy},
        {"combine_dtype", "bf16"},
        {"round_scale", f8.round_scale},
        {"ue8m0", f8.ue8m0},

@@ -17,6 +17,7 @@
 // outputs with it bitwise; any mismatch makes the run FAIL and exit 1.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -41,6 +42,7 @@ struct NormalOptions {
   int topk = 8;
   int experts = 64;
   bool fp8 = false;
+  bool zero_copy = false;
   int iters = 20;
   int warmup = 3;
   bool check = false;
@@ -64,6 +66,8 @@ class NormalCommand final : public Command {
     app.add_option("--experts", o_.experts, "experts E (divisible by the number of ranks)")
         ->check(CLI::PositiveNumber);
     app.add_flag("--fp8", o_.fp8, "dispatch FP8 e4m3 + per-128-column scales instead of BF16");
+    app.add_flag("--zero-copy", o_.zero_copy,
+                 "x and y live in the buffer's zero-copy inputs (one node): peers read them from the heap");
     app.add_option("--iters", o_.iters, "timed iterations")->check(CLI::PositiveNumber);
     app.add_option("--warmup", o_.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
     app.add_flag("--check", o_.check,
@@ -148,7 +152,10 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
   const RefProblem& p = g.problem();
 
   EPX_ASSIGN_OR_RETURN(NormalConfig cfg, NormalConfig::FromEnv());
-  const NormalLimits lim{.max_hidden = H, .max_topk = K, .max_local_experts = o.experts / R};
+  const NormalLimits lim{.max_hidden = H,
+                         .max_topk = K,
+                         .max_local_experts = o.experts / R,
+                         .max_zero_copy_tokens = o.zero_copy ? o.tokens : 0};
   EPX_ASSIGN_OR_RETURN(auto buf, NormalBuffer::Create(ctx, cfg, lim));
 
   DispatchInput in;
@@ -156,6 +163,12 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
   in.hidden = H;
   in.dtype = spec.dtype;
   in.x = {g.x(me).data(), g.x(me).size()};
+  if (o.zero_copy) {  // the model would produce x right there; the copy is not part of the timed call
+    std::span<uint8_t> zx = buf->DispatchInputBuffer();
+    std::copy(in.x.begin(), in.x.end(), zx.begin());
+    in.x = zx.first(in.x.size());
+    in.zero_copy = true;
+  }
   in.x_scales = g.scales(me);
   in.num_experts = o.experts;
   in.topk = K;
@@ -173,6 +186,12 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
   CombineInput cin;
   cin.hidden = H;
   cin.y = y;
+  if (o.zero_copy) {  // likewise: the experts would write their outputs there
+    std::span<bf16> zy = buf->CombineInputBuffer();
+    std::copy(y.begin(), y.end(), zy.begin());
+    cin.y = zy.first(y.size());
+    cin.zero_copy = true;
+  }
   cin.topk = K;
   cin.topk_weights = weights;
   CombineOutput back;
@@ -270,6 +289,7 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
        {"topk", K},
        {"experts", o.experts},
        {"dtype", o.fp8 ? "fp8" : "bf16"},
+       {"zero_copy", o.zero_copy},
        {"check", !o.check         ? "off"
                  : total_bad == 0 ? "PASS"
                                   : "FAIL"},
@@ -326,10 +346,10 @@ int NormalCommand::Run(Context& ctx) {
   if (lead) {
     const Placement& pl = ctx.placement();
     std::printf(
-        "epx-bench normal: %d ranks (%d node(s) x %d), %d tokens/rank, H=%d, K=%d, E=%d, %s, rdma %s, "
+        "epx-bench normal: %d ranks (%d node(s) x %d), %d tokens/rank, H=%d, K=%d, E=%d, %s%s, rdma %s, "
         "channels %d, %d iters (+%d warm-up), check %s\n",
         pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
-        o_.fp8 ? "FP8" : "BF16", pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>().c_str() : "-",
+        o_.fp8 ? "FP8" : "BF16", o_.zero_copy ? ", zero-copy inputs" : "", pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>().c_str() : "-",
         j["config"]["channels"].get<int>(), o_.iters, o_.warmup, j["check"].get<std::string>().c_str());
     std::printf("\n%-9s %12s %12s %10s %12s %12s %10s %9s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
                 "cpu_us", "copy_GB/s", "of_copy");

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/fault.h"
 #include "core/log.h"
 #include "core/wait.h"
 
@@ -59,6 +60,11 @@ constexpr TunableDef kTable[] = {
      "rank may run on (min over ranks, at most 4; one channel runs on the calling thread)"},
     {"EPX_IB_FORCE_EMULATED_ATOMICS", T::kEnum, "0", "", "0|1",
      "TEST ONLY: emulate fetch-add with send-with-immediate even when the device has native atomics"},
+    {"EPX_FAULT", T::kString, "", "", "",
+     "TEST ONLY: fault injection, \"rank=R,point=P[,after=N]\": rank R SIGKILLs itself the N-th time "
+     "(default 1) it reaches point P, one of normal.layout, normal.dispatch.{send,forward,recv}, "
+     "normal.combine.{send,forward,reduce}, ll.dispatch.{send,recv}, ll.combine.{send,recv} "
+     "(core/fault.h); empty = off"},
 };
 
 std::string_view Trim(std::string_view s) {
@@ -127,7 +133,15 @@ Status ValidateTunableValue(const TunableDef& d, std::string_view v) {
       }
       return BadValue(d, v, "not an allowed value");
     }
-    case T::kString: return Status::Ok();
+    case T::kString: {
+      // A string row with a syntax of its own is parsed here, so that every getter and
+      // ValidateTunableEnv() reject a bad value the same way.
+      if (std::string_view(d.name) == "EPX_FAULT") {
+        auto f = ParseFaultSpec(v);
+        if (!f.ok()) return EPX_ERROR(kInvalidArgument, "{}='{}': {}", d.name, v, f.status().message());
+      }
+      return Status::Ok();
+    }
   }
   return Status::Ok();
 }

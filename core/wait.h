@@ -5,6 +5,12 @@
 //   pause (cpu_relax) x spin_iters -> sched_yield x yield_iters -> nanosleep, doubling 1 us .. max_sleep
 // and checks a deadline; on expiry it returns kTimeout with a caller-built diagnostic (peer, phase,
 // counters). The diagnostic lambda runs only on the error path, so waits allocate nothing.
+//
+// Dead peers: a wait that depends on other processes may also ask a `WaitHealth` (implemented by
+// transport/liveness.h for the ranks of this host) whether one of them died, so that a kill -9 is
+// reported as such within a fraction of a second instead of as a bare timeout. It asks only on the
+// slow path, once its back-off sleeps: a wait that ends within the spin/yield budget never pays for
+// it, and the health object rate-limits its own syscalls.
 #pragma once
 
 #include <sched.h>
@@ -12,6 +18,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string_view>
 
 #include "core/status.h"
 
@@ -65,11 +72,25 @@ class Backoff {
     }
   }
   void Reset() { n_ = 0, sleep_us_ = 1; }
+  // Past the spin and yield phases: the wait is long, slow-path checks may make syscalls.
+  bool sleeping() const { return n_ >= p_.spin_iters + p_.yield_iters; }
 
  private:
   const BackoffPolicy& p_;
   uint32_t n_ = 0;
   uint32_t sleep_us_ = 1;
+};
+
+// What a wait asks, on its slow path, about the processes it waits for (transport/liveness.h).
+class WaitHealth {
+ public:
+  virtual ~WaitHealth() = default;
+  // True once a peer is known to be dead. Cheap when called often: implementations rate-limit the
+  // syscalls they make to look, so callers may ask on every slow-path poll.
+  virtual bool PeerDead() = 0;
+  // The error of a wait that cannot finish because of that: names the dead peer(s), `what` the wait
+  // was for (operation, phase) and `waiting` (the wait's own diagnostic: counters, expected vs seen).
+  virtual Status PeerFailure(std::string_view what, std::string_view waiting) = 0;
 };
 
 // Waits until pred() is true. Deadline checks are amortised (every 64 polls) so the fast path is a load.
@@ -82,6 +103,35 @@ Status WaitUntil(Pred&& pred, const Deadline& deadline, Diag&& diag) {
     if ((i & 63) == 63 && deadline.Expired()) {
       if (pred()) return Status::Ok();
       return EPX_ERROR(kTimeout, "{}", diag());
+    }
+    b.Pause();
+  }
+}
+
+// Same, and on the slow path asks `health` (may be null) whether a peer died: then, unless pred()
+// turned true meanwhile (the peer may have published its word and exited normally), it fails with
+// health->PeerFailure(what, diag(ms)). `diag(ms)` (std::string) describes the wait after `ms`
+// milliseconds and is also the kTimeout message; it runs only on those error paths.
+template <typename Pred, typename Diag>
+Status WaitUntil(Pred&& pred, const Deadline& deadline, Diag&& diag, WaitHealth* health,
+                 std::string_view what) {
+  if (pred()) return Status::Ok();
+  const Clock::time_point t0 = Clock::now();  // only once the first poll fell short: the wait is real
+  auto waited_ms = [&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  };
+  Backoff b;
+  for (uint32_t i = 0;; ++i) {
+    if (pred()) return Status::Ok();
+    if ((i & 63) == 63) {
+      if (deadline.Expired()) {
+        if (pred()) return Status::Ok();
+        return EPX_ERROR(kTimeout, "{}", diag(waited_ms()));
+      }
+      if (health != nullptr && b.sleeping() && health->PeerDead()) [[unlikely]] {
+        if (pred()) return Status::Ok();
+        return health->PeerFailure(what, diag(waited_ms()));
+      }
     }
     b.Pause();
   }

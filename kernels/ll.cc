@@ -23,22 +23,24 @@ StatusOr<int> AgreeOnConfig(Context& ctx, const LowLatencyConfig& cfg, int chann
   cpu_set_t set;
   CPU_ZERO(&set);
   const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  constexpr int kFields = 10;  // compared fields; the last slot is the CPU count (min over ranks)
   struct Mine {
-    int v[10];
+    int v[kFields + 1];
   } mine{{cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.depth, cfg.use_fp8, cfg.fp8.round_scale,
-          cfg.fp8.ue8m0, channels, std::clamp(cpus, 1, kAutoMaxLlChannels)}};
-  static constexpr const char* kNames[] = {"max_tokens", "hidden", "topk", "num_experts", "depth",
-                                           "use_fp8", "fp8.round_scale", "fp8.ue8m0", "channels (EPX_LL_CHANNELS)"};
+          cfg.fp8.ue8m0, channels, cfg.mask_on_failure, std::clamp(cpus, 1, kAutoMaxLlChannels)}};
+  static constexpr const char* kNames[kFields] = {
+      "max_tokens", "hidden",    "topk", "num_experts", "depth", "use_fp8", "fp8.round_scale", "fp8.ue8m0",
+      "channels (EPX_LL_CHANNELS)", "mask_on_failure"};
   EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod("ll-buffer-config", mine));
-  int min_cpus = mine.v[9];
+  int min_cpus = mine.v[kFields];
   for (size_t r = 0; r < all.size(); ++r) {
-    for (int f = 0; f < 9; ++f)
+    for (int f = 0; f < kFields; ++f)
       if (all[r].v[f] != mine.v[f])
         return EPX_ERROR(kInvalidArgument,
                          "low-latency buffer: config mismatch: rank {} has {} = {}, rank {} has {} (all ranks "
                          "must create the buffer with the same config)",
                          r, kNames[f], all[r].v[f], ctx.rank(), mine.v[f]);
-    min_cpus = std::min(min_cpus, all[r].v[9]);
+    min_cpus = std::min(min_cpus, all[r].v[kFields]);
   }
   return channels > 0 ? channels : min_cpus;
 }
@@ -106,7 +108,7 @@ Status CheckCombine(const LlState& st, const LlHandle& h, const LlCombineInput& 
 // "Rotation"). released[b][me] at peer p has one writer (this rank), so adds never race.
 Status Release(LlState& st, int b) {
   for (int p = 0; p < st.R; ++p) {
-    if (p == st.rank) continue;
+    if (p == st.rank || st.Masked(p)) continue;
     EPX_RETURN_IF_ERROR(st.Add(0, p, st.Released(b, st.rank), 1));
   }
   return st.FlushAll();
@@ -163,7 +165,7 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->node = pl.node;
   st->El = cfg.local_experts();
   st->C = C;
-  st->timeout_ms = ctx.options().timeout_ms;
+  st->timeout_ms = cfg.timeout_ms > 0 ? cfg.timeout_ms : ctx.options().timeout_ms;
   auto off_or = ctx.allocator().Allocate(st->lay.heap_bytes, 4096, "low-latency buffers");
   if (!off_or.ok())
     return std::move(off_or).status().With(fmt::format(
@@ -197,12 +199,42 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->begin.assign(C, std::vector<int>(st->El, 0));
   st->fill.assign(C, std::vector<int>(st->El, 0));
   st->recv_tokens.assign(st->El, 0);
+  st->masked.assign(st->R, 0);
+  st->masked_at.assign(st->R, 0);
+  st->prev_snapshot.assign(static_cast<size_t>(st->El) * st->R, 0);
   st->id = g_next_ll_id.fetch_add(1) ^ (static_cast<uint64_t>(st->base) << 16);
   if (pl.rank == 0)
     EPX_INFO("low-latency buffer: T_max={} H={} K={} E={} depth {}, {} channel(s), rdma {}, {} MiB of heap",
              cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.depth, C,
              st->rdma ? st->rdma->caps().kind : "none", st->lay.heap_bytes >> 20);
   return std::unique_ptr<LlBuffer>(new LlBuffer(std::move(st)));
+}
+
+Status LlState::MaskOnFailure(int peer, Status why) {
+  // Only failures that are the peer's: a dead peer or one that stopped answering. A bad argument or a
+  // transport bug must not silently drop a rank.
+  if (!cfg.mask_on_failure || (why.code() != Code::kPeerFailure && why.code() != Code::kTimeout)) return why;
+  // A dead-peer failure names whichever watched rank died (transport/liveness.h), not necessarily the one
+  // awaited, which may be alive and merely held up: mask the dead ranks. The awaited peer itself only
+  // when nothing else explains the failure (a timeout, or a verbs QP error naming it). The caller waits
+  // again for a peer that is still unmasked.
+  std::vector<int> dead;
+  if (why.code() == Code::kPeerFailure)
+    for (int r : ctx.liveness().dead_ranks())
+      if (r != rank) dead.push_back(r);
+  if (dead.empty()) dead.push_back(peer);
+  for (int r : dead) {
+    ctx.liveness().Acknowledge(r);  // its death no longer fails this rank's waits
+    uint8_t expected = 0;
+    if (__atomic_compare_exchange_n(&masked[static_cast<size_t>(r)], &expected, uint8_t{1}, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      masked_at[static_cast<size_t>(r)] = next_call;
+      mask_epoch.fetch_add(1, std::memory_order_acq_rel);
+      EPX_WARN("low-latency: rank {} masks rank {} (mask_on_failure) and goes on without it; cause: {}", rank, r,
+               why.ToString());
+    }
+  }
+  return Status::Ok();
 }
 
 namespace {
@@ -230,12 +262,14 @@ Status ClaimBuffer(LlState& st, int b) {
   if (target == 0) return Status::Ok();
   uint64_t ignored = 0;
   for (int p = 0; p < st.R; ++p) {
-    if (p == st.rank) continue;
+    if (p == st.rank || st.Masked(p)) continue;
     Status s = st.WaitGE(p, st.Released(b, p), target, &ignored, [&] {
       return fmt::format("release of buffer {} before call {} (rank {} has not received call {} yet)", b, n, p,
                          n - st.D());
     }).status();
-    EPX_RETURN_IF_ERROR(s);
+    if (s.ok()) continue;
+    EPX_RETURN_IF_ERROR(st.MaskOnFailure(p, std::move(s)));
+    if (!st.Masked(p)) --p;  // another rank died and is masked now: wait for p again
   }
   return Status::Ok();
 }
@@ -321,6 +355,52 @@ Status LlBuffer::Receive(LlHook* hook) {
   }
   p.kind = LlPending::kNone;
   hook->pending = false;
+  return Status::Ok();
+}
+
+Status LlBuffer::MaskRank(int rank) {
+  LlState& st = *s_;
+  if (rank < 0 || rank >= st.R)
+    return EPX_ERROR(kInvalidArgument, "low-latency mask: rank {} not in 0..{}", rank, st.R - 1);
+  if (rank == st.rank) return EPX_ERROR(kInvalidArgument, "low-latency mask: rank {} cannot mask itself", rank);
+  for (const LlPending& p : st.pending)
+    if (p.kind != LlPending::kNone)
+      return EPX_ERROR(kFailedPrecondition,
+                       "low-latency mask: call {} is pending (posted, not received): change the mask between calls",
+                       p.call);
+  if (!st.Masked(rank)) {
+    st.masked_at[static_cast<size_t>(rank)] = st.next_call;
+    st.SetMasked(rank, true);
+  }
+  return Status::Ok();
+}
+
+Status LlBuffer::UnmaskRank(int rank) {
+  LlState& st = *s_;
+  if (rank < 0 || rank >= st.R)
+    return EPX_ERROR(kInvalidArgument, "low-latency unmask: rank {} not in 0..{}", rank, st.R - 1);
+  if (!st.Masked(rank)) return Status::Ok();
+  // The counters a peer writes here only line up with ours if it made every call we made (kernels/ll.h
+  // "Masking"): a rank that was skipped by a call is out of step for good on this buffer.
+  const uint64_t skipped = st.next_call - st.masked_at[static_cast<size_t>(rank)];
+  if (skipped > 0)
+    return EPX_ERROR(kFailedPrecondition,
+                     "low-latency unmask: rank {} was skipped by {} call(s) of this buffer, so its counters are out "
+                     "of step: re-admit it by creating the LlBuffer again on every rank (collective)",
+                     rank, skipped);
+  st.SetMasked(rank, false);
+  return Status::Ok();
+}
+
+std::vector<int> LlBuffer::MaskedRanks() const {
+  std::vector<int> out;
+  for (int r = 0; r < s_->R; ++r)
+    if (s_->Masked(r)) out.push_back(r);
+  return out;
+}
+
+Status LlBuffer::ClearMask() {
+  for (int r : MaskedRanks()) EPX_RETURN_IF_ERROR(UnmaskRank(r));
   return Status::Ok();
 }
 

@@ -78,6 +78,21 @@
 // from node-local d, d.send[b'][e][d.table[b'][e][me] + slot(t, k)] with slot(t, k) the rank of t among
 // this rank's tokens for e (recorded at dispatch). `out=` writes into the caller's buffer.
 //
+// ---- Masking ----------------------------------------------------------------------------------------
+// A masked rank is skipped by this rank's calls: dispatch sends it nothing (its experts receive nothing;
+// send_slot of those (t, k) stays -1) and announces it no count; receive phases neither wait for it nor
+// read from it (its blocks are empty, layout_range count 0); combine sends it nothing, waits for no
+// "done" from it and sums only the rows of live experts (the reference with every expert of the masked
+// rank removed from topk_idx); releases skip it. The survivors' results then equal the reference of
+// the problem without the masked rank, provided all of them mask it before the same call.
+// Two ways in: MaskRank() between calls (the caller decides, e.g. after a failed call), or
+// cfg.mask_on_failure: a wait that fails with kPeerFailure/kTimeout masks that peer and the call goes
+// on. A dispatch receive phase whose mask changed midway runs again from the counters it consumed
+// (prev_cnt is restored; the data stays in recv[b] / the peers' send[b]), so a source that died after
+// announcing some experts' counts contributes to none of them. A masked rank's counters here stop
+// matching ours as soon as a call skips it, so UnmaskRank() accepts only a rank no call has skipped yet;
+// re-admission after that is a new LlBuffer on every rank (collective Create resets all counters).
+//
 // ---- Atomics fallback, stats, limits ---------------------------------------------------------------
 // caps().native_atomics == false needs no special path: the domain emulates FetchAdd with
 // write-with-immediate, in order after the data on the same QP. N > T_max: kInvalidArgument before
@@ -186,6 +201,14 @@ class LlBuffer {
                  LlHook* hook = nullptr);
   // Receive phase of a two-phase call (any order among pending calls). Clears hook->pending.
   Status Receive(LlHook* hook);
+
+  // Rank masking (protocol: "Masking" above). MaskRank: this rank's later calls skip `rank` (not while a
+  // call is pending; not itself). UnmaskRank: only before a call has skipped it, else kFailedPrecondition
+  // (re-create the buffer on every rank to re-admit). MaskedRanks: the current mask, ascending.
+  Status MaskRank(int rank);
+  Status UnmaskRank(int rank);
+  std::vector<int> MaskedRanks() const;
+  Status ClearMask();  // UnmaskRank of every masked rank
 
   // Zero-copy combine: the send rows the NEXT LL call (which must be a Combine with zero_copy) reads:
   // [E_local][R*T_max] rows, row i of local expert e at element (e * R*T_max + i) * combine_row_stride().

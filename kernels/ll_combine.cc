@@ -8,6 +8,7 @@
 
 #include "kernels/bf16_math.h"
 #include "kernels/ll_state.h"
+#include "kernels/ll_wire.h"
 
 namespace epx {
 
@@ -19,7 +20,9 @@ Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, i
   // stay in this rank's send[b] (zero-copy: the caller wrote them there; else staged here) and the
   // source pulls them while it reduces, finding them through table[b][e][s] = first row of s in e.
   auto send = [&](int c) -> Status {
+    EPX_FAULT_POINT(kLlCombineSend);
     for (int s = c; s < R; s += C) {
+      if (st.Masked(s)) continue;  // no rows and no "done" for a masked source (kernels/ll.h "Masking")
       const bool local = st.Local(s);
       for (int e = 0; e < El; ++e) {
         const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
@@ -44,16 +47,22 @@ Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, i
 }
 
 Status LlCombineRecv(LlState& st, int b) {
+  EPX_FAULT_POINT(kLlCombineRecv);
   LlPending& p = st.pending[b];
   const LlHandle& h = *p.chandle;
   LlCombineOutput& out = *p.cout;
   const int N = h.num_tokens, K = h.topk, H = h.hidden;
   // Every destination adds 1 to done[b][d] per combine on b (0 rows included), after its rows.
+  // A masked destination is not awaited; one that fails here is masked (mask_on_failure) before any
+  // row is summed, so the reduction below sees one consistent mask.
   for (int d = 0; d < st.R; ++d) {
+    if (st.Masked(d)) continue;
     Status s = st.WaitGE(d, st.Done(b, d), p.done_target, &st.wait_ns[0][d], [&] {
       return fmt::format("combine rows from rank {} (buffer {}, call {})", d, b, p.call);
     }).status();
-    EPX_RETURN_IF_ERROR(s);
+    if (s.ok()) continue;
+    EPX_RETURN_IF_ERROR(st.MaskOnFailure(d, std::move(s)));
+    if (!st.Masked(d)) --d;  // another rank died and is masked now: wait for d again
   }
   bf16* dst = out.out.empty() ? nullptr : out.out.data();
   if (!dst) {
@@ -70,14 +79,20 @@ Status LlCombineRecv(LlState& st, int b) {
       for (int k = 0; k < K; ++k) {  // top-k order: the reduction order of the reference
         const size_t tk = static_cast<size_t>(t) * K + k;
         const int64_t g = h.topk_idx[tk];
-        if (g < 0) continue;
+        if (g < 0 || h.send_slot[tk] < 0) continue;  // no expert, or its rank was masked at dispatch
         const int d = st.Owner(g), e = static_cast<int>(g % st.El);
+        if (st.Masked(d)) continue;
         w[n] = p.weights[tk];
         if (st.Local(d)) {  // pull from d's send[b]: row = (first row of this rank in e) + slot of (t, k)
           int32_t first;
           std::memcpy(&first, st.ctx.node().Address(d, st.Table(b, e, st.rank)), sizeof(first));
+          // `first` was written by d: checked before it addresses d's heap (kernels/ll_wire.h).
+          StatusOr<int64_t> row =
+              LlDecodeCombineRow(first, h.send_slot[tk], st.cfg.rows_per_expert(), st.rank, d, e);
+          if (!row.ok()) [[unlikely]]
+            return internal::MakeError(row.status().code(), __FILE__, __LINE__, row.status().message());
           rows[n++] = reinterpret_cast<const bf16*>(
-              st.ctx.node().Address(d, st.CombineStage(b, e, first + h.send_slot[tk])));
+              st.ctx.node().Address(d, st.CombineStage(b, e, static_cast<int>(*row))));
         } else {
           rows[n++] = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
         }

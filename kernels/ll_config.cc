@@ -27,6 +27,8 @@ Status LowLatencyConfig::Validate() const {
                      depth, kLlMaxDepth);
   if (fp8.ue8m0 && !fp8.round_scale)
     return EPX_ERROR(kInvalidArgument, "low-latency config: ue8m0 needs round_scale");
+  if (timeout_ms < 0)
+    return EPX_ERROR(kInvalidArgument, "low-latency config: timeout_ms={} < 0 (0 = EPX_TIMEOUT)", timeout_ms);
   if (static_cast<int64_t>(local_experts()) * rows_per_expert() >= (int64_t{1} << 31))
     return EPX_ERROR(kInvalidArgument,
                      "low-latency config: E_local * R * T_max = {} rows does not fit int32 indices",

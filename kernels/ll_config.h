@@ -8,7 +8,7 @@
 // (DeepEP has D = 2; see kernels/ll.h for the protocol).
 //
 // Messages:
-//   header     = align16(8 + 4K)     src token (int32), top-k slot count (int32), the token's K global
+//   header     = align16(8 + 4K)     src token (int32), shape word (H | mode << 24), the buffer's K global
 //                                    expert ids (int32, -1 = none): the receiver finds the top-k slot k of
 //                                    its expert, so combine rows land at [token][k] on the source
 //   dispatch   = align64(header + max(2H, align16(H) + 4 * ceil(H/128)))   sized for BF16 or FP8+scales
@@ -55,6 +55,10 @@ struct LowLatencyConfig {
   int depth = 3;          // D: buffers in rotation
   bool use_fp8 = true;    // dispatch payload FP8 by default (a call may override)
   Fp8Options fp8;         // round_scale / ue8m0 defaults of FP8 dispatch
+  // A wait on a peer that fails (dead peer, or no progress within EPX_TIMEOUT) masks that peer and the
+  // call goes on without it, instead of failing (kernels/ll.h "Masking"). Off: the call fails.
+  bool mask_on_failure = false;
+  int64_t timeout_ms = 0;  // deadline of each wait of this buffer's calls; 0 = EPX_TIMEOUT (the context's)
   // Invariants (each error names the field and why):
   //  * R >= 1 and E a positive multiple of R: experts are split evenly (expert e on rank e / E_local).
   //  * 1 <= T_max <= kLlMaxTokens: the count signal is a 16-bit-safe fetch-add of count + 1.

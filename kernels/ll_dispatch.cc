@@ -8,16 +8,11 @@
 
 #include "kernels/fp8.h"
 #include "kernels/ll_state.h"
+#include "kernels/ll_wire.h"
 #include "kernels/normal_config.h"  // AlignUp
 
 namespace epx {
 namespace {
-
-struct Header {
-  int32_t token;
-  uint32_t shape;  // LlShapeWord
-  // followed by K int32 global expert ids
-};
 
 // Payload offset and bytes of one message for this call (the layout's header size is for the buffer's K).
 size_t PayloadBytes(int hidden, const LlDispatchOptions& o) {
@@ -42,10 +37,7 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
     const int per = (N + C - 1) / C, t0 = std::min(N, per * c), t1 = std::min(N, per * (c + 1));
     for (int t = t0; t < t1; ++t) {
       uint8_t* m = st.heap() + st.Send(b) + static_cast<size_t>(t) * lay.dispatch_msg;
-      Header hd{t, shape};
-      std::memcpy(m, &hd, sizeof(hd));
-      auto* ids = reinterpret_cast<int32_t*>(m + sizeof(Header));
-      for (int k = 0; k < K; ++k) ids[k] = static_cast<int32_t>(in.topk_idx[static_cast<size_t>(t) * K + k]);
+      LlEncodeHeader(m, t, shape, in.topk_idx.subspan(static_cast<size_t>(t) * K, K), st.cfg.topk);
       const bf16* row = in.x.data() + static_cast<size_t>(t) * in.hidden;
       if (opt.use_fp8)
         CastRowToFp8(row, in.hidden, opt.fp8, m + lay.header_bytes, m + ScaleOffset(lay, in.hidden));
@@ -58,6 +50,7 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
   // Post: channel c owns experts e % C == c, so each (channel, peer) QP carries an expert's data and
   // then its count, and RC ordering (or the release add for node-local peers) puts the data first.
   auto post = [&](int c) -> Status {
+    EPX_FAULT_POINT(kLlDispatchSend);
     std::vector<int>& ord = st.ord[c];
     for (int e = c; e < st.cfg.num_experts; e += C) ord[e] = 0;
     for (int t = 0; t < N; ++t)
@@ -65,6 +58,7 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
         const int64_t e = in.topk_idx[static_cast<size_t>(t) * K + k];
         if (e < 0 || e % C != c) continue;
         const int dest = st.Owner(e), el = static_cast<int>(e % st.El);
+        if (st.Masked(dest)) continue;  // send_slot stays -1: combine skips (t, k) (kernels/ll.h "Masking")
         const int slot = ord[e]++;  // rank of t among this source's tokens for e: no atomics decide it
         send_slot[static_cast<size_t>(t) * K + k] = slot;  // combine finds the row of (t, k) with it
         if (st.Local(dest)) continue;  // node-local experts pull from send[b] (LlDispatchRecv)
@@ -73,7 +67,9 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
       }
     // Every expert hears its count, 0 included (+1: the counter must move every call).
     for (int e = c; e < st.cfg.num_experts; e += C)
-      EPX_RETURN_IF_ERROR(st.Add(c, st.Owner(e), st.Cnt(b, e % st.El, st.rank), static_cast<uint64_t>(ord[e]) + 1));
+      if (!st.Masked(st.Owner(e)))
+        EPX_RETURN_IF_ERROR(
+            st.Add(c, st.Owner(e), st.Cnt(b, e % st.El, st.rank), static_cast<uint64_t>(ord[e]) + 1));
     if (st.rdma) EPX_RETURN_IF_ERROR(st.rdma->Flush(c));
     return Status::Ok();
   };
@@ -81,6 +77,7 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
 }
 
 Status LlDispatchRecv(LlState& st, int b) {
+  EPX_FAULT_POINT(kLlDispatchRecv);
   LlPending& p = st.pending[b];
   LlDispatchOutput& out = *p.dout;
   LlHandle& h = *p.handle;
@@ -100,7 +97,6 @@ Status LlDispatchRecv(LlState& st, int b) {
   out.src_info.assign(total, -1);
   out.layout_range.assign(static_cast<size_t>(El) * R, 0);
   h.src_slot.assign(total, 0);
-  const int topk = h.topk;
   // Channel c receives local experts e % C == c, source by source in rank order: it waits for the
   // counts of its experts from source s, then places s's rows after those of sources < s (begin).
   // Remote sources wrote full messages into recv slots; node-local sources staged every token once in
@@ -112,44 +108,53 @@ Status LlDispatchRecv(LlState& st, int b) {
     int* fill = st.fill[c].data();
     for (int e = c; e < El; e += st.C) begin[e] = 0;
     for (int s = 0; s < R; ++s) {
+      if (st.Masked(s)) {  // nothing from a masked source: empty blocks (kernels/ll.h "Masking")
+        for (int e = c; e < El; e += st.C) out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin[e], 0);
+        continue;
+      }
       int remaining = 0;
       for (int e = c; e < El; e += st.C) {
         uint64_t& prev = st.prev_cnt[(static_cast<size_t>(b) * El + e) * R + s];
-        EPX_ASSIGN_OR_RETURN(uint64_t v, st.WaitGE(s, st.Cnt(b, e, s), prev + 1, &st.wait_ns[c][s], [&] {
+        StatusOr<uint64_t> got = st.WaitGE(s, st.Cnt(b, e, s), prev + 1, &st.wait_ns[c][s], [&] {
           return fmt::format("dispatch count of local expert {} from source {} (buffer {}, call {})", e, s, b,
                              p.call);
-        }));
-        const uint64_t cnt = v - prev - 1;
+        });
+        if (!got.ok()) {
+          // Masked now (mask_on_failure): the caller runs the phase again without s. Otherwise the error.
+          EPX_RETURN_IF_ERROR(st.MaskOnFailure(s, got.status()));
+          return Status(Code::kFailedPrecondition, "mask changed");  // not logged: replaced by the re-run
+        }
+        const uint64_t v = *got;
+        const StatusOr<int> cnt = LlDecodeCount(v, prev, st.cfg.max_tokens, st.rank, s, e);
+        if (!cnt.ok()) [[unlikely]]
+          return internal::MakeError(cnt.status().code(), __FILE__, __LINE__, cnt.status().message());
         prev = v;
-        if (cnt > static_cast<uint64_t>(st.cfg.max_tokens))
-          return EPX_ERROR(kInternal,
-                           "low-latency dispatch: source {} announced {} tokens for local expert {} > T_max {}", s,
-                           cnt, e, st.cfg.max_tokens);
-        out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin[e], static_cast<int32_t>(cnt));
+        out.layout_range[static_cast<size_t>(e) * R + s] = LlPackRange(begin[e], cnt.value());
         fill[e] = 0;
-        remaining += static_cast<int>(cnt);
+        remaining += cnt.value();
       }
-      // Places message m (header + payload) as row `fill[e]` of source s in local expert e.
-      auto place = [&](const uint8_t* m, int e) -> Status {
-        Header hd;
-        std::memcpy(&hd, m, sizeof(hd));
-        if (hd.shape != p.shape)
-          return EPX_ERROR(kInvalidArgument,
-                           "low-latency dispatch: source rank {} sent H={} mode={}, this rank expects H={} mode={} "
-                           "(mode 0 BF16, 1 FP8, 2 FP8 round_scale, 3 UE8M0; all ranks must agree per call)",
-                           s, hd.shape & 0xffffff, hd.shape >> 24, hidden, p.shape >> 24);
-        const int64_t global = static_cast<int64_t>(st.rank) * El + e;
-        const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
-        int k = 0;
-        while (k < topk && ids[k] != global) ++k;
-        if (k == topk)
-          return EPX_ERROR(kInternal, "low-latency dispatch: message from rank {} token {} does not select expert {}",
-                           s, hd.token, global);
+      // Places message m (header + payload) as row `fill[e]` of source s in local expert e. The header
+      // was written by s: it is checked before its token index and slot are used (kernels/ll_wire.h).
+      const LlHeaderExpect expect{st.rank,     s,           st.cfg.max_tokens, st.cfg.hidden,
+                                  st.cfg.topk, st.cfg.num_experts, p.shape};
+      auto place = [&](const uint8_t* m, int e, int32_t staged) -> Status {
+        StatusOr<LlHeader> hd =
+            LlDecodeHeader({m, lay.header_bytes}, expect, static_cast<int64_t>(st.rank) * El + e, staged);
+        if (!hd.ok()) [[unlikely]]
+          return internal::MakeError(hd.status().code(), __FILE__, __LINE__, hd.status().message());
+        // A node-local source's staged ids could select e more often than its count said: never write
+        // past the announced block (it would land in the next expert's rows, or past the output).
+        if (fill[e] >= LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s])) [[unlikely]]
+          return EPX_ERROR(kInternal,
+                           "low-latency dispatch: rank {}: source rank {} staged more rows for local expert "
+                           "{} than the {} it announced (token {})",
+                           st.rank, s, e, LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]),
+                           hd->token);
         const size_t row = static_cast<size_t>(e) * rows + begin[e] + fill[e]++;
         std::memcpy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
         if (scale_bytes) std::memcpy(out.scales.data() + row * scale_bytes, m + ScaleOffset(lay, hidden), scale_bytes);
-        out.src_info[row] = hd.token;
-        h.src_slot[row] = static_cast<uint8_t>(k);
+        out.src_info[row] = hd->token;
+        h.src_slot[row] = static_cast<uint8_t>(hd->slot);
         return Status::Ok();
       };
       if (st.Local(s)) {
@@ -160,18 +165,19 @@ Status LlDispatchRecv(LlState& st, int b) {
             return EPX_ERROR(kInternal, "low-latency dispatch: source {} announced {} more rows than it staged", s,
                              remaining);
           const uint8_t* m = staged + static_cast<size_t>(t) * lay.dispatch_msg;
-          const auto* ids = reinterpret_cast<const int32_t*>(m + sizeof(Header));
-          for (int k = 0; k < topk; ++k) {
-            const int64_t g = ids[k];
+          // All K_buf ids: ids past the source's K are -1 (LlEncodeHeader), whatever K this rank used.
+          for (int k = 0; k < st.cfg.topk; ++k) {
+            const int64_t g = LlHeaderId(m, k);
             if (g < 0 || g / El != st.rank || (g % El) % st.C != c) continue;
-            EPX_RETURN_IF_ERROR(place(m, static_cast<int>(g % El)));
+            EPX_RETURN_IF_ERROR(place(m, static_cast<int>(g % El), t));
             --remaining;
           }
         }
       } else {
         for (int e = c; e < El; e += st.C) {
           const int cnt = LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]);
-          for (int i = 0; i < cnt; ++i) EPX_RETURN_IF_ERROR(place(st.heap() + st.DispatchSlot(b, e, s, i), e));
+          for (int i = 0; i < cnt; ++i)
+            EPX_RETURN_IF_ERROR(place(st.heap() + st.DispatchSlot(b, e, s, i), e, /*staged=*/-1));
         }
       }
       for (int e = c; e < El; e += st.C) {
@@ -184,7 +190,23 @@ Status LlDispatchRecv(LlState& st, int b) {
     for (int e = c; e < El; e += st.C) out.count[e] = begin[e];
     return Status::Ok();
   };
-  EPX_RETURN_IF_ERROR(st.RunChannels(recv));
+  // A source masked midway (mask_on_failure) may have rows in some channels' blocks and not in others:
+  // run the phase again from the counters as they were, without it, until the mask holds still (each
+  // round masks one more rank at most, so at most R rounds).
+  uint64_t* prev_b = st.prev_cnt.data() + static_cast<size_t>(b) * El * R;
+  std::copy(prev_b, prev_b + static_cast<size_t>(El) * R, st.prev_snapshot.begin());
+  for (int round = 0;; ++round) {
+    const uint64_t epoch = st.mask_epoch.load(std::memory_order_acquire);
+    Status s = st.RunChannels(recv);
+    if (st.mask_epoch.load(std::memory_order_acquire) == epoch || round > R) {
+      EPX_RETURN_IF_ERROR(s);
+      break;
+    }
+    std::copy(st.prev_snapshot.begin(), st.prev_snapshot.end(), prev_b);
+    out.count.assign(El, 0);
+    out.src_info.assign(total, -1);
+    out.layout_range.assign(static_cast<size_t>(El) * R, 0);
+  }
   for (int e = 0; e < El; ++e) st.recv_tokens[e] += out.count[e];
   h.count = out.count;
   h.layout_range = out.layout_range;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fault.h"  // EPX_FAULT_POINT hooks of ll*.cc
 #include "core/wait.h"
 #include "kernels/ll.h"
 #include "kernels/worker_pool.h"
@@ -60,6 +61,21 @@ struct LlState {
   std::vector<uint64_t> recv_tokens;           // [El]
   uint64_t dispatches = 0, combines = 0;
   bool broken = false;  // a call failed midway: peers may hold a part of it
+  // Masking (kernels/ll.h "Masking"): masked[r] != 0 -> calls neither send to r nor wait for r.
+  // Read and written with atomics: a channel thread may mask a peer while others read the mask.
+  std::vector<uint8_t> masked;          // [R]
+  std::atomic<uint64_t> mask_epoch{0};  // bumped by every change: a receive phase sees it changed midway
+  std::vector<uint64_t> masked_at;      // [R] next_call when r was masked (UnmaskRank's check)
+  std::vector<uint64_t> prev_snapshot;  // [El, R] dispatch receive: prev_cnt of its buffer, to redo it
+
+  bool Masked(int r) const { return __atomic_load_n(&masked[static_cast<size_t>(r)], __ATOMIC_ACQUIRE) != 0; }
+  void SetMasked(int r, bool on) {
+    __atomic_store_n(&masked[static_cast<size_t>(r)], static_cast<uint8_t>(on), __ATOMIC_RELEASE);
+    mask_epoch.fetch_add(1, std::memory_order_acq_rel);
+  }
+  // A failed wait on `peer`: with cfg.mask_on_failure and a peer-level failure, masks the peer and
+  // returns Ok (the caller goes on without it); otherwise returns `why`.
+  Status MaskOnFailure(int peer, Status why);
 
   explicit LlState(Context& c) : ctx(c) {}
   uint8_t* heap() const { return ctx.heap().base(); }
@@ -130,6 +146,14 @@ struct LlState {
         if ((i & 63) == 63 && deadline.Expired())
           return EPX_ERROR(kTimeout, "low-latency: rank {} waited {} ms for rank {}: {} (counter {} < {})", rank,
                            timeout_ms, writer, diag(), v, target);
+        // Slow path (the back-off sleeps): a dead peer is named now rather than at the deadline.
+        if ((i & 63) == 63 && backoff.sleeping() && ctx.liveness().PeerDead()) [[unlikely]] {
+          if ((v = ctx.node().AtomicLoad(rank, off)) >= target) break;  // it published, then exited
+          const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+          return ctx.liveness().PeerFailure(
+              "a low-latency call", fmt::format("rank {} waited {} ms for rank {}: {} (counter {} < {})",
+                                                rank, ms, writer, diag(), v, target));
+        }
         backoff.Pause();
       }
     } else {

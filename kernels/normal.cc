@@ -130,9 +130,9 @@ StatusOr<NormalConfig> AgreeOnConfig(Context& ctx, const NormalConfig& cfg, cons
   CPU_ZERO(&set);
   const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
   struct Mine {
-    int cfg[6], lim[3], cpus;
+    int cfg[6], lim[4], cpus;
   } mine{{cfg.num_channels, cfg.node_slots, cfg.node_chunk, cfg.rdma_slots, cfg.rdma_chunk, cfg.idle_yields},
-         {lim.max_hidden, lim.max_topk, lim.max_local_experts},
+         {lim.max_hidden, lim.max_topk, lim.max_local_experts, lim.max_zero_copy_tokens},
          std::clamp(cpus, 1, kAutoMaxChannels)};
   EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod("normal-buffer-config", mine));
   NormalConfig out = cfg;
@@ -151,18 +151,53 @@ StatusOr<NormalConfig> AgreeOnConfig(Context& ctx, const NormalConfig& cfg, cons
   return out;
 }
 
+// A zero-copy call: one node, a buffer with zero-copy inputs, and the rows at the start of the right one.
+Status CheckZeroCopy(const NormalState& st, const void* data, size_t bytes, size_t region_off, size_t region_bytes,
+                     const char* what, const char* buffer_name) {
+  const NormalPlan& P = st.plan;
+  if (P.NN > 1)
+    return EPX_ERROR(kUnsupported,
+                     "{}: zero_copy needs all ranks on one node (node peers read the rows over shared memory); "
+                     "this buffer spans {} nodes",
+                     what, P.NN);
+  if (std::find(st.masked.begin(), st.masked.end(), 1) != st.masked.end())
+    return EPX_ERROR(kUnsupported, "{}: zero_copy with a masked rank (the call ends with a node barrier)", what);
+  if (P.lim.max_zero_copy_tokens == 0)
+    return EPX_ERROR(kInvalidArgument, "{}: zero_copy, but the buffer has no zero-copy inputs "
+                     "(NormalLimits::max_zero_copy_tokens = 0)", what);
+  if (data != st.heap() + region_off && bytes > 0)
+    return EPX_ERROR(kInvalidArgument, "{}: zero_copy, but the rows do not start at {}()", what, buffer_name);
+  if (bytes > region_bytes)
+    return EPX_ERROR(kInvalidArgument,
+                     "{}: zero_copy rows take {} bytes, {}() holds {} (max_zero_copy_tokens = {})", what, bytes,
+                     buffer_name, region_bytes, P.lim.max_zero_copy_tokens);
+  return Status::Ok();
+}
+
 // A call may run: the buffer is intact and the handle (if any) is one of its own.
 Status CheckUsable(const NormalState& st, const NormalHandle* h, const char* what) {
   if (st.broken) return EPX_ERROR(kFailedPrecondition, "{}: an earlier call on this buffer failed", what);
   if (h && h->buffer_id != st.id)
     return EPX_ERROR(kInvalidArgument, "{}: the handle was not made by this buffer", what);
+  if (h && h->mask_epoch != st.mask_epoch)
+    return EPX_ERROR(kFailedPrecondition,
+                     "{}: the rank mask changed since the handle's dispatch (its routing includes or skips other "
+                     "ranks): dispatch again",
+                     what);
   return Status::Ok();
+}
+
+Status NodeBarrier(NormalState& st, const char* what) {
+  Status s = st.ctx.node().Barrier(what);
+  if (!s.ok()) st.broken = true;
+  return s;
 }
 
 // Runs one call on every channel thread. A failing channel stops the others (job.abort); a failed
 // call leaves the buffer unusable, since its rings hold an unknown part of the call.
 template <typename Job>
 Status RunChannels(NormalState& st, Job& job, Status (*channel)(NormalState&, Job&, int)) {
+  ++st.calls;  // a masked rank misses this call (UnmaskRank)
   auto run = [&](int c) {
     Status s = channel(st, job, c);
     if (!s.ok()) job.abort.store(true, std::memory_order_relaxed);
@@ -192,14 +227,66 @@ Status RunDispatch(NormalState& st, const DispatchInput& in, const NormalHandle&
   job.out = out;
   job.handle = &h;
   job.record = record;
-  job.msg = DispatchMsgLayout::Make(in.hidden, K, in.dtype, st.plan.L);
-  return RunChannels(st, job, RunDispatchChannel);
+  job.msg = DispatchMsgLayout::Make(in.hidden, K, in.dtype, st.plan.L, in.zero_copy);
+  EPX_RETURN_IF_ERROR(RunChannels(st, job, RunDispatchChannel));
+  // Zero-copy: peers read this rank's input rows until they are done; the caller may rewrite them only
+  // after every node peer has finished receiving.
+  if (in.zero_copy) return NodeBarrier(st, "normal zero-copy dispatch");
+  return Status::Ok();
 }
 
 }  // namespace
 
 NormalBuffer::NormalBuffer(std::unique_ptr<NormalState> s) : s_(std::move(s)) {}
 NormalBuffer::~NormalBuffer() = default;
+
+Status NormalBuffer::MaskRank(int rank) {
+  NormalState& st = *s_;
+  const NormalPlan& P = st.plan;
+  if (rank < 0 || rank >= P.R)
+    return EPX_ERROR(kInvalidArgument, "normal mask: rank {} not in 0..{}", rank, P.R - 1);
+  if (rank == st.rank) return EPX_ERROR(kInvalidArgument, "normal mask: rank {} cannot mask itself", rank);
+  if (P.NN > 1)
+    return EPX_ERROR(kUnsupported,
+                     "normal mask: rank {} forwards node {}'s traffic for local index {} (several nodes): masking "
+                     "in normal mode is for one node; use the low-latency buffer's masking across nodes",
+                     rank, rank / P.L, rank % P.L);
+  if (!st.masked[rank]) {
+    st.masked[rank] = 1;
+    st.masked_at[rank] = st.calls;
+    ++st.mask_epoch;
+  }
+  return Status::Ok();
+}
+
+Status NormalBuffer::UnmaskRank(int rank) {
+  NormalState& st = *s_;
+  if (rank < 0 || rank >= st.plan.R)
+    return EPX_ERROR(kInvalidArgument, "normal unmask: rank {} not in 0..{}", rank, st.plan.R - 1);
+  if (!st.masked[rank]) return Status::Ok();
+  if (st.calls != st.masked_at[rank])
+    return EPX_ERROR(kFailedPrecondition,
+                     "normal unmask: rank {} was skipped by {} call(s) of this buffer, so its rings and count "
+                     "tables are out of step: re-admit it by creating the NormalBuffer again on every rank",
+                     rank, st.calls - st.masked_at[rank]);
+  st.masked[rank] = 0;
+  ++st.mask_epoch;
+  return Status::Ok();
+}
+
+std::vector<int> NormalBuffer::MaskedRanks() const {
+  std::vector<int> out;
+  for (int r = 0; r < s_->plan.R; ++r)
+    if (s_->masked[r]) out.push_back(r);
+  return out;
+}
+
+std::span<uint8_t> NormalBuffer::DispatchInputBuffer() {
+  return {s_->heap() + s_->plan.ZcX(), s_->plan.ZcXBytes()};
+}
+std::span<bf16> NormalBuffer::CombineInputBuffer() {
+  return {reinterpret_cast<bf16*>(s_->heap() + s_->plan.ZcY()), s_->plan.ZcYBytes() / sizeof(bf16)};
+}
 
 const NormalConfig& NormalBuffer::config() const {
   return s_->plan.cfg;
@@ -251,6 +338,8 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
   // Nobody touches a peer's words or counters before every rank has zeroed its own / read its bases.
   EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier("normal-buffer-create"));
   st->pool = std::make_unique<WorkerPool>(P.C);
+  st->masked.assign(P.R, 0);
+  st->masked_at.assign(P.R, 0);
   st->idle = BackoffPolicy::Default();
   st->idle.yield_iters = static_cast<uint32_t>(cfg.idle_yields);
   st->id = g_next_buffer_id.fetch_add(1) ^ (static_cast<uint64_t>(P.begin) << 20);
@@ -277,8 +366,19 @@ Status NormalBuffer::Dispatch(const DispatchInput& in, DispatchOutput* out, Norm
   const size_t nk = static_cast<size_t>(in.num_tokens) * in.topk;
   EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_idx.size(), nk, "topk_idx [N, K]"));
   EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_weights.size(), nk, "topk_weights [N, K]"));
+  if (in.zero_copy)
+    EPX_RETURN_IF_ERROR(
+        CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "normal dispatch", "DispatchInputBuffer"));
   EPX_ASSIGN_OR_RETURN(DispatchLayout layout, ComputeLayout(in.topk_idx, in.num_tokens, in.topk,
                                                             ExpertPlacement{in.num_experts, P.R, P.L}));
+  // Masked ranks get nothing: as if no top-k slot named their experts (the routing, the counts and with
+  // them every ring and wait of the call leave them out).
+  for (int r = 0; r < P.R; ++r) {
+    if (!st.masked[r]) continue;
+    for (int t = 0; t < in.num_tokens; ++t) layout.is_token_in_rank[static_cast<size_t>(t) * P.R + r] = 0;
+    const int epr = in.num_experts / P.R;
+    std::fill_n(layout.tokens_per_expert.begin() + static_cast<ptrdiff_t>(r) * epr, epr, 0);
+  }
   NormalHandle& h = *handle;
   h.buffer_id = st.id;
   h.num_ranks = P.R;
@@ -287,8 +387,10 @@ Status NormalBuffer::Dispatch(const DispatchInput& in, DispatchOutput* out, Norm
   h.num_experts = in.num_experts;
   h.num_tokens = in.num_tokens;
   h.is_token_in_rank = std::move(layout.is_token_in_rank);
+  h.mask_epoch = st.mask_epoch;
   Status s = ExchangeCounts(st, layout.tokens_per_expert,
-                            ShapeSignature(in.hidden, in.dtype, in.topk, in.num_experts), &h);
+                            ShapeSignature(in.hidden, in.dtype, in.topk, in.num_experts) ^ (in.zero_copy ? 0x5a000000u : 0u),
+                            &h);
   if (!s.ok()) {
     // A shape mismatch is found by every rank after a complete exchange, before any ring moved: the
     // buffer stays usable. Anything else (a timeout) leaves peers mid-exchange.
@@ -311,6 +413,9 @@ Status NormalBuffer::Dispatch(const NormalHandle& h, const DispatchInput& in, Di
   if (in.num_tokens != h.num_tokens)
     return EPX_ERROR(kInvalidArgument, "cached dispatch: {} tokens, the handle routes {}", in.num_tokens,
                      h.num_tokens);
+  if (in.zero_copy)
+    EPX_RETURN_IF_ERROR(
+        CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "cached dispatch", "DispatchInputBuffer"));
   return RunDispatch(st, in, h, nullptr, out);
 }
 
@@ -338,6 +443,9 @@ Status NormalBuffer::Combine(const NormalHandle& h, const CombineInput& in, Comb
     EPX_RETURN_IF_ERROR(CheckSize("normal combine", in.bias0.size(), N * H, "bias0 [N, H]"));
   if (!in.bias1.empty())
     EPX_RETURN_IF_ERROR(CheckSize("normal combine", in.bias1.size(), N * H, "bias1 [N, H]"));
+  if (in.zero_copy)
+    EPX_RETURN_IF_ERROR(CheckZeroCopy(st, in.y.data(), M * H * sizeof(bf16), P.ZcY(), P.ZcYBytes(),
+                                      "normal combine", "CombineInputBuffer"));
   const int K = in.topk;
   out->x.resize(N * H);
   out->topk_weights.resize(N * K);
@@ -345,8 +453,11 @@ Status NormalBuffer::Combine(const NormalHandle& h, const CombineInput& in, Comb
   job.in = &in;
   job.out = out;
   job.handle = &h;
-  job.msg = CombineMsgLayout::Make(in.hidden, K);
-  return RunChannels(st, job, RunCombineChannel);
+  job.msg = CombineMsgLayout::Make(in.hidden, K, in.zero_copy);
+  EPX_RETURN_IF_ERROR(RunChannels(st, job, RunCombineChannel));
+  // Zero-copy: sources reduce straight from this rank's y until they are done (see dispatch).
+  if (in.zero_copy) return NodeBarrier(st, "normal zero-copy combine");
+  return Status::Ok();
 }
 
 }  // namespace epx

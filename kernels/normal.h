@@ -28,6 +28,9 @@ struct DispatchInput {
   std::span<const float> topk_weights;  // [N, K] (required with topk_idx). Empty in cached dispatch.
   int expert_alignment = 1;             // tokens_per_expert are rounded up to a multiple of this
   int num_worst_tokens = 0;  // > 0: outputs have exactly this many rows (must be >= M); rows >= M unused
+  // x is the start of NormalBuffer::DispatchInputBuffer(): node peers copy the rows from there (one
+  // copy per received row instead of two). All ranks must agree per call (checked).
+  bool zero_copy = false;
 };
 
 // What one rank receives. Rows are ordered by source rank, then source token index.
@@ -66,6 +69,7 @@ struct NormalHandle {
   // source node a) in the source's token order, at [fwd_prefix[c*(NN+1)+a], fwd_prefix[c*(NN+1)+a+1]).
   std::vector<int> fwd_prefix;
   std::vector<uint32_t> fwd_masks;
+  uint64_t mask_epoch = 0;  // the buffer's rank mask this routing was made with
   bool InRank(int t, int r) const { return is_token_in_rank[static_cast<size_t>(t) * num_ranks + r] != 0; }
 };
 
@@ -76,6 +80,9 @@ struct CombineInput {
   int topk = 0;                         // K of topk_weights; 0: combine no weights. Same on all ranks.
   std::span<const float> topk_weights;  // [M, K] (a rank with M = 0 passes an empty span and K)
   std::span<const bf16> bias0, bias1;   // [N, H] each, or empty
+  // y is the start of NormalBuffer::CombineInputBuffer(): sources reduce straight from the expert rank's
+  // heap, nothing is copied into rings. All ranks must agree per call (checked).
+  bool zero_copy = false;
 };
 
 struct CombineOutput {
@@ -107,6 +114,25 @@ class NormalBuffer {
   Status Dispatch(const NormalHandle& handle, const DispatchInput& in, DispatchOutput* out);
   // Sends y back along the handle's routes and reduces (order: include/epx/normal.h).
   Status Combine(const NormalHandle& handle, const CombineInput& in, CombineOutput* out);
+
+  // Rank masking (one node): the masked rank takes no part in later calls: tokens routed to its experts
+  // are dropped (they reach the other ranks of their top-k as usual), it sends nothing, nobody waits for
+  // it; results equal the reference of the problem without it (its tokens gone, its experts' top-k slots
+  // -1). Every other rank must mask it before the same call, and the masked rank must make no more calls
+  // on this buffer. Between calls only. A handle made before a mask change is refused afterwards.
+  // UnmaskRank: only before a call skipped it (re-admission: a new buffer on every rank). Several nodes:
+  // kUnsupported (the masked rank would be the only path into its node for its same-index peers).
+  Status MaskRank(int rank);
+  Status UnmaskRank(int rank);
+  std::vector<int> MaskedRanks() const;
+
+  // Zero-copy inputs (one node; limits().max_zero_copy_tokens = Z > 0): write the call's x rows
+  // ([N <= Z, H], dense) at the start of DispatchInputBuffer() and set in.zero_copy; write expert outputs
+  // y ([M, H] BF16, dense) at the start of CombineInputBuffer() and set in.zero_copy. Such a call returns
+  // once every node peer has read the rows (a node barrier), so the buffers may be rewritten right after.
+  // Empty spans when Z = 0.
+  std::span<uint8_t> DispatchInputBuffer();
+  std::span<bf16> CombineInputBuffer();
 
   const NormalConfig& config() const;
   const NormalLimits& limits() const;

@@ -19,6 +19,12 @@
 // Rows whose forwarder is this rank itself (sources with our local index) skip the rings: the reducer
 // reads them straight from y, in the same order and at the same place in the sum.
 //
+// Zero-copy (one node, y in the expert rank's CombineInputBuffer): a node ring message carries the row's
+// index instead of the row, and the reducer reads the row from the peer's heap. The row stays valid
+// until the peer's call returns, which is after the node barrier that ends the call (kernels/normal.cc),
+// i.e. after every reducer is done with it. Every message ends with a mode word, so a peer that
+// disagrees on zero_copy is named instead of read as garbage.
+//
 // Rings are consumed strictly in order and reduced straight from their slots, so memory stays bounded
 // by the ring sizes for any N. Why this cannot deadlock: every ring carries one stream (one source
 // rank's tokens of one channel, or one source node's for a forwarder) in the order its consumer
@@ -71,11 +77,14 @@ class CombineChannel {
   const int c_;
   ChannelRings& rings_;
   const int L_, NN_, H_, K_;
+  // Rows a peer's CombineInputBuffer holds at this call's H (bounds a zero-copy row index).
+  const size_t zc_rows_ = P_.ZcYBytes() / (2 * static_cast<size_t>(H_));
   int t0_ = 0, t1_ = 0, token_ = 0;  // own tokens of the channel; next to reduce
   int row_[kMaxNodes * kMaxLocalRanks] = {}, row_end_[kMaxNodes * kMaxLocalRanks] = {};  // per source
   int fwd_[kMaxNodes] = {}, fwd_end_[kMaxNodes] = {};  // positions in the handle's masks, per source node
   int self_row_[kMaxNodes] = {}, self_end_[kMaxNodes] = {};  // rows of source (a, our index), read in place
   float wacc_[1024] = {}, wpart_[1024] = {};
+  uint32_t idle_passes_ = 0;
   const bf16* terms_[2 + kMaxLocalRanks + kMaxNodes] = {};  // rows of one sum, in summation order
 };
 
@@ -87,13 +96,22 @@ Status CombineChannel::Return(int s, bool* progressed) {
     EPX_ASSIGN_OR_RETURN(bool room, ring.HasRoom());
     if (!room) break;
     uint8_t* m = ring.NextSlot();
-    std::memcpy(m, in.y.data() + static_cast<size_t>(i) * H_, 2 * static_cast<size_t>(H_));
+    const CombineMsgLayout& ml = job_.msg;
+    if (ml.pull) {
+      const auto row = static_cast<uint32_t>(i);
+      std::memcpy(m, &row, sizeof(row));
+    } else {
+      std::memcpy(m, in.y.data() + static_cast<size_t>(i) * H_, 2 * static_cast<size_t>(H_));
+    }
     if (K_)
-      std::memcpy(m + job_.msg.weights_off, in.topk_weights.data() + static_cast<size_t>(i) * K_,
+      std::memcpy(m + ml.weights_off, in.topk_weights.data() + static_cast<size_t>(i) * K_,
                   4 * static_cast<size_t>(K_));
+    const uint32_t mode = ml.pull ? kCombineRowRefs : kCombineRows;
+    std::memcpy(m + ml.mode_off, &mode, sizeof(mode));
     ring.Push();
     ++i;
     *progressed = true;
+    EPX_FAULT_POINT(kNormalCombineSend);
     if (ring.unpublished() >= static_cast<uint64_t>(P_.cfg.node_chunk))
       EPX_RETURN_IF_ERROR(ring.Publish(job_.msg.bytes));
   }
@@ -101,10 +119,24 @@ Status CombineChannel::Return(int s, bool* progressed) {
 }
 
 StatusOr<bool> CombineChannel::NodeRowsReady(uint32_t mask, int a) {
+  const CombineMsgLayout& ml = job_.msg;
   for (int l = 0; l < L_; ++l) {
     if (!(mask >> l & 1) || l == st_.local) continue;  // our own rows are always there
-    EPX_ASSIGN_OR_RETURN(uint64_t avail, rings_.nc_recv[l * NN_ + a].Available());
+    RingReceiver& r = rings_.nc_recv[l * NN_ + a];
+    EPX_ASSIGN_OR_RETURN(uint64_t avail, r.Available());
     if (avail == 0) return false;
+    // Written by the peer: its mode must be ours, and a row index must lie inside its input buffer.
+    const uint8_t* m = r.Slot(0);
+    uint32_t mode, row = 0;
+    std::memcpy(&mode, m + ml.mode_off, sizeof(mode));
+    if (ml.pull) std::memcpy(&row, m, sizeof(row));
+    if (mode != (ml.pull ? kCombineRowRefs : kCombineRows) ||
+        (ml.pull && static_cast<size_t>(row) >= zc_rows_))
+      return EPX_ERROR(kInvalidArgument,
+                       "normal combine: rank {} got a {} from rank {} (mode word {:#x}, row {}) but combines {}: all "
+                       "ranks must pass the same CombineInput::zero_copy",
+                       st_.rank, mode == kCombineRowRefs ? "row reference" : "row", st_.RankOf(st_.node, l), mode,
+                       row, ml.pull ? "zero-copy" : "with copies");
   }
   return true;
 }
@@ -121,7 +153,14 @@ void CombineChannel::TakeNodeRows(uint32_t mask, int a, const bf16** terms, int*
     } else {
       RingReceiver& r = rings_.nc_recv[l * NN_ + a];
       const uint8_t* m = r.Slot(0);
-      terms[(*num_terms)++] = reinterpret_cast<const bf16*>(m);
+      if (job_.msg.pull) {  // the row stays in the peer's CombineInputBuffer (index checked by NodeRowsReady)
+        uint32_t row;
+        std::memcpy(&row, m, sizeof(row));
+        terms[(*num_terms)++] = reinterpret_cast<const bf16*>(st_.ctx.node().Address(st_.RankOf(st_.node, l), P_.ZcY()) +
+                                                              static_cast<size_t>(row) * 2 * H_);
+      } else {
+        terms[(*num_terms)++] = reinterpret_cast<const bf16*>(m);
+      }
       w = reinterpret_cast<const float*>(m + job_.msg.weights_off);
       r.Consume(1);
     }
@@ -147,6 +186,7 @@ Status CombineChannel::Forward(int a, bool* progressed) {
     out.Push();
     ++j;
     *progressed = true;
+    EPX_FAULT_POINT(kNormalCombineForward);
     if (out.unpublished() >= static_cast<uint64_t>(P_.cfg.rdma_chunk))
       EPX_RETURN_IF_ERROR(out.Publish(job_.msg.bytes));
   }
@@ -207,6 +247,7 @@ Status CombineChannel::Reduce(bool* progressed) {
     SumBf16Rows(&out.x[x0], rings_.acc.data(), terms_, nt, H_);
     if (K_) std::memcpy(&out.topk_weights[static_cast<size_t>(t) * K_], wacc_, 4 * static_cast<size_t>(K_));
     *progressed = true;
+    EPX_FAULT_POINT(kNormalCombineReduce);
   }
   return Status::Ok();
 }
@@ -231,9 +272,13 @@ std::string CombineChannel::Diagnose() const {
                        rings_.nc_send[(r % L_) * NN_ + r / L_].Describe());
   for (int a = 0; a < NN_; ++a)
     if (fwd_[a] < fwd_end_[a])
-      s += fmt::format(" forward to node {}: token {} of {};", a, fwd_[a], fwd_end_[a]);
+      s += fmt::format(" forward to node {}: token {} of {} ({});", a, fwd_[a], fwd_end_[a],
+                       rings_.rc_send[a].Describe());
   if (token_ < t1_) s += fmt::format(" reduce own token {} of [{}, {});", token_, t0_, t1_);
-  for (const auto& r : rings_.nc_recv) s += " " + r.Describe() + ";";
+  for (int i = 0; i < L_ * NN_; ++i)
+    s += fmt::format(" from local {} for node {}: {};", i / NN_, i % NN_, rings_.nc_recv[i].Describe());
+  for (int n = 0; n < NN_ && NN_ > 1; ++n)
+    if (n != st_.node) s += fmt::format(" partials from node {}: {};", n, rings_.rc_recv[n].Describe());
   return s;
 }
 
@@ -279,6 +324,8 @@ StatusOr<bool> CombineChannel::Pass(bool* progressed) {
   EPX_RETURN_IF_ERROR(Reduce(progressed));
   done &= token_ == t1_;
   EPX_RETURN_IF_ERROR(ReleaseAndPublish());
+  // Idle: ask the NIC about our posted work now and then, so a broken QP is named at once (rdma.h Poll).
+  if (st_.rdma && !*progressed && (++idle_passes_ & 63) == 0) EPX_RETURN_IF_ERROR(st_.rdma->Poll(c_));
   return done;
 }
 

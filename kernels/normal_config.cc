@@ -65,6 +65,8 @@ Status NormalLimits::Validate() const {
     return EPX_ERROR(kInvalidArgument,
                      "normal limits: max_hidden={} max_topk={} max_local_experts={} must be >= 1", max_hidden,
                      max_topk, max_local_experts);
+  if (max_zero_copy_tokens < 0 || max_zero_copy_tokens > (1 << 24))
+    return EPX_ERROR(kInvalidArgument, "normal limits: max_zero_copy_tokens={} not in 0..2^24", max_zero_copy_tokens);
   if (max_hidden > (1 << 24) || max_topk > 1024 || max_local_experts > (1 << 16))
     return EPX_ERROR(
         kInvalidArgument,
@@ -73,13 +75,14 @@ Status NormalLimits::Validate() const {
   return Status::Ok();
 }
 
-DispatchMsgLayout DispatchMsgLayout::Make(int hidden, int topk, TokenDtype dtype, int local_size) {
+DispatchMsgLayout DispatchMsgLayout::Make(int hidden, int topk, TokenDtype dtype, int local_size, bool pull) {
   DispatchMsgLayout m;
+  m.pull = pull;
   m.topk = topk;
   size_t off = AlignUp(sizeof(MsgHeader) + 4 * static_cast<size_t>(local_size), 64);
   m.payload_off = static_cast<uint32_t>(off);
   m.payload_bytes = static_cast<uint32_t>(static_cast<size_t>(hidden) * DtypeBytes(dtype));
-  off = AlignUp(off + m.payload_bytes, 16);
+  if (!pull) off = AlignUp(off + m.payload_bytes, 16);
   m.scales_off = static_cast<uint32_t>(off);
   m.scales_bytes = dtype == TokenDtype::kFp8 ? static_cast<uint32_t>(4 * Fp8NumBlocks(hidden)) : 0;
   off = AlignUp(off + m.scales_bytes, 16);
@@ -91,11 +94,13 @@ DispatchMsgLayout DispatchMsgLayout::Make(int hidden, int topk, TokenDtype dtype
   return m;
 }
 
-CombineMsgLayout CombineMsgLayout::Make(int hidden, int topk) {
+CombineMsgLayout CombineMsgLayout::Make(int hidden, int topk, bool pull) {
   CombineMsgLayout m;
+  m.pull = pull;
   m.topk = topk;
-  m.weights_off = static_cast<uint32_t>(AlignUp(2 * static_cast<size_t>(hidden), 16));
-  m.bytes = m.weights_off + 4 * static_cast<uint32_t>(topk);
+  m.weights_off = static_cast<uint32_t>(pull ? 16 : AlignUp(2 * static_cast<size_t>(hidden), 16));
+  m.mode_off = m.weights_off + 4 * static_cast<uint32_t>(topk);
+  m.bytes = m.mode_off + 4;
   return m;
 }
 
@@ -154,6 +159,13 @@ StatusOr<NormalPlan> NormalPlan::Make(const NormalConfig& cfg, const NormalLimit
   off += rdma_ring;
   p.rc_stage_ = off;
   off += rdma_ring;
+  off = AlignUp(off, 4096);
+  p.zc_x_ = off;
+  p.zc_x_bytes_ = AlignUp(static_cast<size_t>(lim.max_zero_copy_tokens) * 2 * lim.max_hidden, 4096);
+  off += p.zc_x_bytes_;
+  p.zc_y_ = off;
+  p.zc_y_bytes_ = AlignUp(R * lim.max_zero_copy_tokens * 2 * static_cast<size_t>(lim.max_hidden), 4096);
+  off += p.zc_y_bytes_;
   p.end = off;
   return p;
 }

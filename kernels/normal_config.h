@@ -21,6 +21,8 @@
 //          + [NN > 1] 64 * (4 * C * NN + 1)           RDMA counters
 //   counts = row * (2 * R + 4 * NN * (L + 1)),  row = align64(16 + 4C + 4 * max_local_experts)
 //            (count tables, RDMA inboxes and outboxes, two parities each)
+//   zero-copy inputs (max_zero_copy_tokens = Z > 0): align4096(Z * 2H) dispatch x
+//          + align4096(R * Z * 2H) combine y (a rank receives at most R * Z rows)
 // e.g. H=7168, K=8, L=4, C=2, S_n=S_r=32, 256 local experts: slot = 14528 B; 1 node: 7.1 MiB;
 // 2 nodes: 17.8 MiB.
 #pragma once
@@ -67,6 +69,9 @@ struct NormalLimits {
   int max_hidden = 7168;
   int max_topk = 8;
   int max_local_experts = 256;  // E/R
+  // Z: tokens per rank of the zero-copy input buffers (NormalBuffer::DispatchInputBuffer /
+  // CombineInputBuffer); 0 = no such buffers. One node only (peers read the rows over shared memory).
+  int max_zero_copy_tokens = 0;
   Status Validate() const;
 };
 
@@ -87,21 +92,25 @@ inline constexpr size_t AlignUp(size_t v, size_t a) {
 //   scales_off        ceil(H/128) f32 (FP8 only)
 //   topk_off          K int64 global expert ids (omitted for cached dispatch)
 //   weights_off       K f32
+// Zero-copy (`pull`): the payload stays in the source's heap (its DispatchInputBuffer) and the message
+// carries everything else; the receiver copies the row from the source's heap at the token's index.
 struct DispatchMsgLayout {
-  uint32_t payload_off = 0, payload_bytes = 0;
+  bool pull = false;
+  uint32_t payload_off = 0, payload_bytes = 0;  // pull: payload_off is unused, payload_bytes is the row
   uint32_t scales_off = 0, scales_bytes = 0;
   uint32_t topk_off = 0, weights_off = 0;
   uint32_t bytes = 0;  // whole message
   int topk = 0;        // 0 when the message carries no top-k
-  static DispatchMsgLayout Make(int hidden, int topk, TokenDtype dtype, int local_size);
+  static DispatchMsgLayout Make(int hidden, int topk, TokenDtype dtype, int local_size, bool pull = false);
 };
 
 struct MsgHeader {
   int32_t src_rank;
   int32_t src_token;
   uint32_t local_mask;
-  int32_t reserved;
+  int32_t reserved;  // 0, or kDispatchPull: the payload is in the source's DispatchInputBuffer
 };
+inline constexpr int32_t kDispatchPull = 0x70756c6c;
 static_assert(sizeof(MsgHeader) == 16);
 inline int32_t* MsgOrdinals(uint8_t* msg) {
   return reinterpret_cast<int32_t*>(msg + sizeof(MsgHeader));
@@ -112,11 +121,15 @@ inline const int32_t* MsgOrdinals(const uint8_t* msg) {
 
 // Byte layout of one combine message (an expert output row, or a node's partial sum, going back):
 //   [0, 2H) BF16 row; weights_off: K f32 (omitted when combine has no top-k weights).
+// [row: 2H bytes, or with `pull` a u32 row index into the sender's CombineInputBuffer][weights 4K][mode u32]
+// The mode word (kCombineRows / kCombineRowRefs) lets a receiver tell a peer that disagrees on zero-copy.
+inline constexpr uint32_t kCombineRows = 0x726f7773, kCombineRowRefs = 0x72656673;
 struct CombineMsgLayout {
-  uint32_t weights_off = 0;
+  bool pull = false;
+  uint32_t weights_off = 0, mode_off = 0;
   uint32_t bytes = 0;
   int topk = 0;
-  static CombineMsgLayout Make(int hidden, int topk);
+  static CombineMsgLayout Make(int hidden, int topk, bool pull = false);
 };
 
 // Slot size of every ring for these limits.

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "kernels/normal_state.h"
+#include "kernels/normal_wire.h"
 
 namespace epx {
 namespace {
@@ -52,6 +53,7 @@ class DispatchChannel {
                   const int64_t* topk, const float* weights);
   Status PublishAll();
   void WriteMessage(uint8_t* m, int t, uint32_t mask) const;
+  StatusOr<const uint8_t*> PayloadOf(const uint8_t* m, int src, int token) const;
   std::string Diagnose() const;
 
   NormalState& st_;
@@ -69,6 +71,7 @@ class DispatchChannel {
   int32_t next_ordinal_[kMaxNodes * kMaxLocalRanks] = {};
   int forwarded_[kMaxNodes] = {}, to_forward_[kMaxNodes] = {};
   int received_[kMaxLocalRanks] = {}, to_receive_[kMaxLocalRanks] = {};
+  uint32_t idle_passes_ = 0;
 };
 
 void DispatchChannel::WriteMessage(uint8_t* m, int t, uint32_t mask) const {
@@ -78,8 +81,9 @@ void DispatchChannel::WriteMessage(uint8_t* m, int t, uint32_t mask) const {
   hdr->src_rank = st_.rank;
   hdr->src_token = t;
   hdr->local_mask = mask;
-  hdr->reserved = 0;
-  std::memcpy(m + ml.payload_off, in.x.data() + static_cast<size_t>(t) * ml.payload_bytes, ml.payload_bytes);
+  hdr->reserved = ml.pull ? kDispatchPull : 0;
+  if (!ml.pull)  // zero-copy: the receiver copies the row from our DispatchInputBuffer (= in.x)
+    std::memcpy(m + ml.payload_off, in.x.data() + static_cast<size_t>(t) * ml.payload_bytes, ml.payload_bytes);
   if (ml.scales_bytes)
     std::memcpy(m + ml.scales_off, in.x_scales.data() + static_cast<size_t>(t) * (ml.scales_bytes / 4),
                 ml.scales_bytes);
@@ -113,6 +117,7 @@ Status DispatchChannel::SendStream(int n, uint32_t filter, RingSender& ring, int
       if (mask >> l & 1) ord[l] = next_ordinal_[n * L_ + l]++;
     ring.Push();
     *progressed = true;
+    EPX_FAULT_POINT(kNormalDispatchSend);
     if (ring.unpublished() >= static_cast<uint64_t>(chunk)) EPX_RETURN_IF_ERROR(ring.Publish(job_.msg.bytes));
   }
   return Status::Ok();
@@ -144,10 +149,13 @@ Status DispatchChannel::Forward(int a, bool* progressed) {
     EPX_ASSIGN_OR_RETURN(uint64_t avail, in.Available());
     if (avail == 0) break;
     const uint8_t* m = in.Slot(0);
-    const uint32_t mask = reinterpret_cast<const MsgHeader*>(m)->local_mask;
-    if (mask == 0 || (L_ < 32 && mask >> L_ != 0))
-      return EPX_ERROR(kInternal, "dispatch forward: rank {} channel {} got local mask {:#x} from node {}",
-                       st_.rank, c_, mask, a);
+    // Written by node a's same-index rank: checked before its mask and ordinal are used (normal_wire.h).
+    const DispatchMsgExpect want{.rank = st_.rank, .channel = c_, .num_ranks = P_.R, .local_size = L_,
+                                 .local = st_.local, .from_node = a, .rank_prefix = h_.rank_prefix};
+    StatusOr<DispatchMsgInfo> info = DecodeDispatchMsg({m, job_.msg.bytes}, want);
+    if (!info.ok()) [[unlikely]]
+      return internal::MakeError(info.status().code(), __FILE__, __LINE__, info.status().message());
+    const uint32_t mask = info->mask;
     bool room = true;
     for (int l = 0; l < L_ && room; ++l) {
       if (!(mask >> l & 1) || l == st_.local) continue;
@@ -157,9 +165,8 @@ Status DispatchChannel::Forward(int a, bool* progressed) {
     for (int l = 0; l < L_; ++l) {
       if (!(mask >> l & 1)) continue;
       if (l == st_.local) {
-        const auto* hdr = reinterpret_cast<const MsgHeader*>(m);
         const DispatchMsgLayout& ml = job_.msg;
-        EPX_RETURN_IF_ERROR(PlaceRow(hdr->src_rank, hdr->src_token, MsgOrdinals(m)[l], m + ml.payload_off,
+        EPX_RETURN_IF_ERROR(PlaceRow(info->src_rank, info->src_token, info->ordinal, m + ml.payload_off,
                                      reinterpret_cast<const float*>(m + ml.scales_off),
                                      reinterpret_cast<const int64_t*>(m + ml.topk_off),
                                      reinterpret_cast<const float*>(m + ml.weights_off)));
@@ -182,6 +189,7 @@ Status DispatchChannel::Forward(int a, bool* progressed) {
           st_.rank, a, c_, done, mask, h_.fwd_masks[at]);
     }
     in.Consume(1);
+    EPX_FAULT_POINT(kNormalDispatchForward);
     ++done;
     *progressed = true;
   }
@@ -213,26 +221,48 @@ Status DispatchChannel::PlaceRow(int s, int token, int ord, const uint8_t* paylo
   return Status::Ok();
 }
 
+// Where the payload of message m is: in the message, or (zero-copy, one node) in the source's
+// DispatchInputBuffer at the token's row, which stays valid until the node barrier that ends the call.
+StatusOr<const uint8_t*> DispatchChannel::PayloadOf(const uint8_t* m, int src, int token) const {
+  const DispatchMsgLayout& ml = job_.msg;
+  const int32_t mode = reinterpret_cast<const MsgHeader*>(m)->reserved;
+  if (mode != (ml.pull ? kDispatchPull : 0))
+    return EPX_ERROR(kInvalidArgument,
+                     "normal dispatch: rank {} got a message from rank {} {} its rows, but dispatches {}: all ranks "
+                     "must pass the same DispatchInput::zero_copy",
+                     st_.rank, src, mode == kDispatchPull ? "referencing" : "carrying",
+                     ml.pull ? "zero-copy" : "with copies");
+  if (!ml.pull) return m + ml.payload_off;
+  if ((static_cast<size_t>(token) + 1) * ml.payload_bytes > P_.ZcXBytes())
+    return EPX_ERROR(kInternal, "normal dispatch: rank {} got token {} of rank {}, past its DispatchInputBuffer",
+                     st_.rank, token, src);
+  return st_.ctx.node().Address(src, P_.ZcX()) + static_cast<size_t>(token) * ml.payload_bytes;
+}
+
 Status DispatchChannel::Receive(int g, bool* progressed) {
   RingReceiver& ring = rings_.nd_recv[g];
   const DispatchMsgLayout& ml = job_.msg;
+  // Messages come from sources (a, g) of any node a, through forwarder g: checked before their source,
+  // token and ordinal are used (normal_wire.h).
+  const DispatchMsgExpect want{.rank = st_.rank, .channel = c_, .num_ranks = P_.R, .local_size = L_,
+                               .local = st_.local, .from_local = g, .rank_prefix = h_.rank_prefix};
   while (received_[g] < to_receive_[g]) {
     EPX_ASSIGN_OR_RETURN(uint64_t avail, ring.Available());
     if (avail == 0) break;
     const uint64_t n = std::min<uint64_t>(avail, to_receive_[g] - received_[g]);
     for (uint64_t i = 0; i < n; ++i) {
       const uint8_t* m = ring.Slot(i);
-      const auto* hdr = reinterpret_cast<const MsgHeader*>(m);
-      if (hdr->src_rank % L_ != g)
-        return EPX_ERROR(kInternal,
-                         "dispatch receive: rank {} channel {}: forwarder {} sent a token of rank {}",
-                         st_.rank, c_, g, hdr->src_rank);
-      EPX_RETURN_IF_ERROR(PlaceRow(hdr->src_rank, hdr->src_token, MsgOrdinals(m)[st_.local],
-                                   m + ml.payload_off, reinterpret_cast<const float*>(m + ml.scales_off),
+      StatusOr<DispatchMsgInfo> info = DecodeDispatchMsg({m, ml.bytes}, want);
+      if (!info.ok()) [[unlikely]]
+        return internal::MakeError(info.status().code(), __FILE__, __LINE__, info.status().message());
+      EPX_ASSIGN_OR_RETURN(const uint8_t* payload, PayloadOf(m, info->src_rank, info->src_token));
+      EPX_RETURN_IF_ERROR(PlaceRow(info->src_rank, info->src_token, info->ordinal,
+                                   payload, reinterpret_cast<const float*>(m + ml.scales_off),
                                    reinterpret_cast<const int64_t*>(m + ml.topk_off),
                                    reinterpret_cast<const float*>(m + ml.weights_off)));
     }
     ring.Consume(n);
+    EPX_FAULT_POINT(kNormalDispatchRecv);
     received_[g] += static_cast<int>(n);
     *progressed = true;
   }
@@ -311,6 +341,8 @@ StatusOr<bool> DispatchChannel::Pass(bool* progressed) {
     done &= received_[g] == to_receive_[g];
   }
   EPX_RETURN_IF_ERROR(PublishAll());
+  // Idle: ask the NIC about our posted work now and then, so a broken QP is named at once (rdma.h Poll).
+  if (st_.rdma && !*progressed && (++idle_passes_ & 63) == 0) EPX_RETURN_IF_ERROR(st_.rdma->Poll(c_));
   return done;
 }
 

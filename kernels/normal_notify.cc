@@ -21,23 +21,11 @@
 // a later dispatch's data land in rings whose readers know the counts.
 #include <cstring>
 
+#include "core/fault.h"
 #include "kernels/normal_state.h"
+#include "kernels/normal_wire.h"  // CountRowRef: the layout of a count row, and its decoders
 
 namespace epx {
-namespace {
-
-// Layout of a count row: [stamp u64][total i32][shape i32][chan i32 x C][expert i32 x E/R].
-struct CountRowRef {
-  uint8_t* p;
-  int C;
-  std::atomic<uint64_t>& stamp() const { return *reinterpret_cast<std::atomic<uint64_t>*>(p); }
-  int32_t& total() const { return *reinterpret_cast<int32_t*>(p + 8); }
-  uint32_t& shape() const { return *reinterpret_cast<uint32_t*>(p + 12); }
-  int32_t* chan() const { return reinterpret_cast<int32_t*>(p + 16); }
-  int32_t* expert() const { return reinterpret_cast<int32_t*>(p + 16 + 4 * static_cast<size_t>(C)); }
-};
-
-}  // namespace
 
 Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert, uint32_t shape,
                       NormalHandle* h) {
@@ -81,13 +69,15 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
     return Status::Ok();
   };
 
+  EPX_FAULT_POINT(kNormalLayout);  // before any row leaves: every peer waits for this rank's counts
   for (int n = 0; n < NN; ++n) {
     uint8_t* box = st.heap() + P.Outbox(p, n);  // own node's outbox is just the staging of these rows
     for (int l = 0; l < L; ++l) fill_row(box + l * P.count_row, n * L + l);
     CountRowRef node_row{box + L * P.count_row, C};
     for (int c = 0; c < C; ++c) node_row.chan()[c] = node_chan[c * NN + n];
     if (n == b) {
-      for (int l = 0; l < L; ++l) EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
+      for (int l = 0; l < L; ++l)
+        if (!st.masked[st.RankOf(b, l)]) EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
     } else {
       EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Outbox(p, n), P.Inbox(p, b),
                                           (L + 1) * P.count_row, P.NotifyCounter(), 1));
@@ -107,6 +97,15 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
     EPX_RETURN_IF_ERROR(st.rdma->Quiet(0));  // outbox copy p is rewritten two exchanges later
   }
 
+  // A masked source sends nothing (NormalBuffer::MaskRank, one node): its row here reads "no tokens",
+  // written by this rank itself (the masked rank makes no calls, so nobody else writes it).
+  for (int s = 0; s < R; ++s) {
+    if (!st.masked[s]) continue;
+    uint8_t* at = st.heap() + P.CountRow(p, s);
+    std::memset(at + 8, 0, body);
+    CountRowRef{at, C}.shape() = shape;
+    shm.AtomicStore(me, P.CountRow(p, s), e);
+  }
   // Wait for a row from every source (the acquire loads make their bodies visible).
   int next = 0;
   EPX_RETURN_IF_ERROR(WaitUntil(
@@ -116,45 +115,24 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
         return true;
       },
       Deadline::After(std::chrono::milliseconds(st.timeout_ms)),
-      [&] {
+      [&](int64_t ms) {
         std::string missing;
         for (int s = 0; s < R; ++s)
           if (shm.AtomicLoad(me, P.CountRow(p, s)) < e) missing += fmt::format(" {}", s);
         return fmt::format(
             "normal dispatch count exchange #{} on rank {}: no counts from ranks{} after {} ms", e, me,
-            missing, st.timeout_ms);
-      }));
+            missing, ms);
+      },
+      &st.ctx.liveness(), "the count exchange of a normal dispatch"));
 
-  h->rank_prefix.assign(R + 1, 0);
-  h->recv_channel_prefix.assign(static_cast<size_t>(R) * (C + 1), 0);
-  h->tokens_per_expert.assign(epr, 0);
-  for (int s = 0; s < R; ++s) {
-    CountRowRef row{st.heap() + P.CountRow(p, s), C};
-    int* rcp = &h->recv_channel_prefix[static_cast<size_t>(s) * (C + 1)];
-    for (int c = 0; c < C; ++c) rcp[c + 1] = rcp[c] + row.chan()[c];
-    if (rcp[C] != row.total())
-      return EPX_ERROR(kInternal,
-                       "count exchange: rank {} got a row from rank {} whose channels sum to {} not {}", me,
-                       s, rcp[C], row.total());
-    if (row.shape() != shape)
-      return EPX_ERROR(
-          kInvalidArgument,
-          "normal dispatch: rank {} called with a different hidden/dtype/topk/num_experts than rank {} "
-          "(shape signature {:#x} vs {:#x}): all ranks must dispatch the same shape",
-          s, me, row.shape(), shape);
-    h->rank_prefix[s + 1] = h->rank_prefix[s] + row.total();
-    for (int j = 0; j < epr; ++j) h->tokens_per_expert[j] += row.expert()[j];
-  }
-  h->num_recv_tokens = h->rank_prefix[R];
-  h->fwd_prefix.assign(static_cast<size_t>(C) * (NN + 1), 0);
-  for (int c = 0, off = 0; c < C; ++c) {
-    int* fp = &h->fwd_prefix[static_cast<size_t>(c) * (NN + 1)];
-    for (int a = 0; a < NN; ++a) {
-      fp[a] = off;
-      if (a != b) off += CountRowRef{st.heap() + P.Inbox(p, a) + L * P.count_row, C}.chan()[c];
-    }
-    fp[NN] = off;
-  }
+  // The rows and node rows were written by peers: decoded and checked before they size anything
+  // (kernels/normal_wire.h). A shape mismatch stays kInvalidArgument (the buffer remains usable).
+  const Status rows = DecodeCountRows({st.heap() + P.CountRow(p, 0), P.count_row * R}, P.count_row,
+                                      CountRowsExpect{me, R, C, epr, P.lim.max_topk, shape}, h);
+  if (!rows.ok()) return internal::MakeError(rows.code(), __FILE__, __LINE__, rows.message());
+  const Status fwd = DecodeNodeRows({st.heap() + P.Inbox(p, 0), P.count_row * (L + 1) * NN}, P.count_row,
+                                    NodeRowsExpect{me, b, NN, L, C}, h);
+  if (!fwd.ok()) return internal::MakeError(fwd.code(), __FILE__, __LINE__, fwd.message());
   h->fwd_masks.assign(h->fwd_prefix.empty() ? 0 : h->fwd_prefix.back(), 0);
   return Status::Ok();
 }

@@ -66,6 +66,14 @@ struct NormalPlan {
   // The local staging copy of the block for destination node b.
   size_t Outbox(int p, int b) const { return outbox_ + count_row * (L + 1) * (p * NN + b); }
 
+  // --- zero-copy inputs (NormalLimits::max_zero_copy_tokens; empty when 0) ---
+  // Rows x the user writes for a zero-copy dispatch: node peers copy them from here.
+  size_t ZcX() const { return zc_x_; }
+  size_t ZcXBytes() const { return zc_x_bytes_; }
+  // Expert outputs y the user writes for a zero-copy combine: node peers reduce straight from here.
+  size_t ZcY() const { return zc_y_; }
+  size_t ZcYBytes() const { return zc_y_bytes_; }
+
   // Byte ranges this rank zeroes at creation (its own words and count tables).
   // RDMA counters are not in it: their owner never writes them (transport/rdma.h), it re-bases.
   size_t zero_begin() const { return words_; }
@@ -74,6 +82,7 @@ struct NormalPlan {
  private:
   size_t words_ = 0, counters_ = 0, counts_ = 0, inbox_ = 0, outbox_ = 0;
   size_t nd_ = 0, nc_ = 0, rd_recv_ = 0, rd_stage_ = 0, rc_recv_ = 0, rc_stage_ = 0;
+  size_t zc_x_ = 0, zc_x_bytes_ = 0, zc_y_ = 0, zc_y_bytes_ = 0;
 };
 
 }  // namespace epx

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fault.h"  // EPX_FAULT_POINT hooks of normal_*.cc
 #include "core/wait.h"
 #include "kernels/normal.h"
 #include "kernels/normal_plan.h"
@@ -46,6 +47,12 @@ struct NormalState {
   std::unique_ptr<WorkerPool> pool;
   BackoffPolicy idle;   // channel threads' back-off: the generic one with cfg.idle_yields yields
   bool broken = false;  // a call failed midway: rings are in an unknown state
+  // Masking (NormalBuffer::MaskRank, one node): masked[r] != 0 -> r gets no tokens, sends none, and no
+  // wait is for it. Changed only between calls, by the caller's thread.
+  std::vector<uint8_t> masked;  // [R]
+  uint64_t mask_epoch = 0;      // bumped by every change; handles remember it
+  std::vector<uint64_t> masked_at;  // [R] `calls` when r was masked (UnmaskRank's check)
+  uint64_t calls = 0;               // dispatch and combine calls begun
 
   explicit NormalState(Context& c) : ctx(c) {}
   int RankOf(int node_index, int l) const { return node_index * plan.L + l; }
@@ -72,36 +79,65 @@ inline int ExpectedFromForwarder(const NormalHandle& h, int g, int c) {
 }
 
 // Progress-loop pacing of a channel thread: back off after a pass without progress, give up after
-// EPX_TIMEOUT without progress or when another channel failed.
+// EPX_TIMEOUT without progress, when another channel failed, or when a peer is known dead. Liveness
+// (`health`, the Context's PeerLiveness) is asked only on the slow path: every 64th idle pass once
+// the idle stretch is kLivenessAfter old or the back-off sleeps (the channel threads' yield phase is
+// long, EPX_NORMAL_YIELD_ITERS), and it rate-limits its own syscalls.
 class ProgressWatch {
  public:
-  ProgressWatch(int64_t timeout_ms, const BackoffPolicy& policy, const std::atomic<bool>* abort)
-      : timeout_ms_(timeout_ms), abort_(abort), backoff_(policy) {}
+  static constexpr std::chrono::milliseconds kLivenessAfter{20};
+
+  ProgressWatch(int64_t timeout_ms, const BackoffPolicy& policy, const std::atomic<bool>* abort,
+                WaitHealth* health = nullptr)
+      : timeout_ms_(timeout_ms), abort_(abort), health_(health), backoff_(policy) {}
   // After each pass. Returns an error when the call must stop; `diag()` names what was missing.
   template <typename Diag>
   Status AfterPass(bool progressed, Diag&& diag) {
     if (progressed) {
       backoff_.Reset();
       idle_ = 0;
+      dead_seen_ = false;
       return Status::Ok();
     }
     if (idle_++ == 0) {
-      deadline_ = Deadline::After(std::chrono::milliseconds(timeout_ms_));  // an idle stretch starts
+      idle_since_ = Clock::now();  // an idle stretch starts; it may last EPX_TIMEOUT
+      deadline_ = idle_since_ + std::chrono::milliseconds(timeout_ms_);
+    } else if (dead_seen_) {
+      // A whole pass ran after the death was seen and moved nothing: what it sent before dying (or
+      // before exiting normally) has been taken, the rest will never come.
+      return health_->PeerFailure("a normal-mode call",
+                                  fmt::format("{} (no progress for {} ms)", diag(), IdleMs()));
     } else if ((idle_ & 63) == 0) {
-      if (abort_->load(std::memory_order_relaxed))  // not logged: the failing channel logged the cause
+      if (abort_->load(std::memory_order_relaxed)) {
+        // Not logged: the failing channel logged the cause. If that was a dead peer, say so here too,
+        // since the caller sees the lowest channel's error.
+        if (health_ != nullptr && health_->PeerDead())
+          return health_->PeerFailure("a normal-mode call",
+                                      fmt::format("{} (stopped: another channel saw the death)", diag()));
         return Status(Code::kFailedPrecondition, "stopped: another channel of this rank failed");
-      if (deadline_.Expired()) return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
+      }
+      const Clock::time_point now = Clock::now();
+      if (now >= deadline_) return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
+      if (health_ != nullptr && (backoff_.sleeping() || now - idle_since_ >= kLivenessAfter) &&
+          health_->PeerDead()) [[unlikely]]
+        dead_seen_ = true;  // fail after one more pass without progress (see above)
     }
     backoff_.Pause();
     return Status::Ok();
   }
 
  private:
+  int64_t IdleMs() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - idle_since_).count();
+  }
+
   int64_t timeout_ms_;
   const std::atomic<bool>* abort_;
-  Deadline deadline_ = Deadline::Never();
+  WaitHealth* health_;
+  Clock::time_point idle_since_{}, deadline_{};
   Backoff backoff_;
   uint32_t idle_ = 0;
+  bool dead_seen_ = false;
 };
 
 // Drives a channel thread: repeats `pass(&progressed)` (a StatusOr<bool>: all roles done) until it
@@ -109,7 +145,7 @@ class ProgressWatch {
 // never waits on one ring while another of its rings could move.
 template <typename Pass, typename Diag>
 Status RunProgressLoop(const NormalState& st, const std::atomic<bool>& abort, Pass&& pass, Diag&& diag) {
-  ProgressWatch watch(st.timeout_ms, st.idle, &abort);
+  ProgressWatch watch(st.timeout_ms, st.idle, &abort, &st.ctx.liveness());
   for (;;) {
     bool progressed = false;
     EPX_ASSIGN_OR_RETURN(bool done, pass(&progressed));

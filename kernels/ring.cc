@@ -65,9 +65,16 @@ Status RingSender::Publish(uint32_t msg_bytes) {
   return Status::Ok();
 }
 
+// Diagnostics re-read the peer-moved counter: the cached value is what the loop last acted on, the
+// fresh one tells a lost update (e.g. a credit that never arrived) from a peer that is behind.
+std::string RingEnd::Fresh(const std::atomic<uint64_t>* word, size_t counter_off) const {
+  StatusOr<uint64_t> v = ReadOwn(word, counter_off);
+  return v.ok() ? std::to_string(*v) : "?";
+}
+
 std::string RingSender::Describe() const {
-  return fmt::format("{}: written {} published {} credit {} of {} slots", Name(), written_, published_,
-                     credit_, spec_.num_slots);
+  return fmt::format("{}: written {} published {} credit {} (now {}) of {} slots", Name(), written_, published_,
+                     credit_, Fresh(credit_word_, spec_.credit_off), spec_.num_slots);
 }
 
 Status RingReceiver::Release() {
@@ -83,8 +90,8 @@ Status RingReceiver::Release() {
 }
 
 std::string RingReceiver::Describe() const {
-  return fmt::format("{}: head {} tail {} released {} of {} slots", Name(), head_, tail_, released_,
-                     spec_.num_slots);
+  return fmt::format("{}: head {} tail {} (now {}) released {} of {} slots", Name(), head_, tail_,
+                     Fresh(tail_word_, spec_.tail_off), released_, spec_.num_slots);
 }
 
 }  // namespace epx

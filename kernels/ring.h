@@ -61,6 +61,7 @@ class RingEnd {
   // The counter this end owns, as the peer last moved it: shm word (acquire) or RDMA counter - base.
   StatusOr<uint64_t> ReadOwn(const std::atomic<uint64_t>* word, size_t counter_off) const;
   std::string Name() const;
+  std::string Fresh(const std::atomic<uint64_t>* word, size_t counter_off) const;  // ReadOwn for diagnostics
 
   RingSpec spec_;
   bool rdma_ = false;

@@ -1,5 +1,9 @@
-// transport/context.h: one rank's runtime: placement, bootstrap, symmetric heap, and the node's
-// shared-memory transport, set up in that order. Later issues add the RDMA domain here.
+// transport/context.h: one rank's runtime: placement, bootstrap, symmetric heap, the liveness watch of
+// the host's peers, and the node's shared-memory transport, set up in that order. Creation also arms
+// fault injection (EPX_FAULT, core/fault.h) on the rank it names.
+//
+// After a wait failed with kPeerFailure (a peer died), the Context is not usable any more: its peers'
+// rings and counters hold an unknown part of a call. Destroy it (and its buffers) and create a new one.
 //
 //   auto ctx = Context::Create();            // placement from the environment (any launcher)
 //   ctx->node().Put(peer, off, src, n);      // NVLink stand-in inside the logical node
@@ -12,6 +16,7 @@
 #include "core/status.h"
 #include "transport/bootstrap.h"
 #include "transport/heap.h"
+#include "transport/liveness.h"
 #include "transport/placement.h"
 #include "transport/shm.h"
 
@@ -53,6 +58,9 @@ class Context {
   ShmTransport& node() { return *node_; }          // ranks of this logical node
   const std::vector<int>& node_ranks() const { return node_ranks_; }
   const ContextOptions& options() const { return opts_; }
+  // Dead-peer detection for the ranks of this host (transport/liveness.h); waits that depend on peers
+  // pass it to core/wait.h as their WaitHealth.
+  PeerLiveness& liveness() { return *live_; }
 
  private:
   Context(const Placement& p, const ContextOptions& o) : placement_(p), opts_(o), alloc_(0) {}
@@ -60,6 +68,7 @@ class Context {
   ContextOptions opts_;
   std::unique_ptr<Bootstrap> boot_;
   std::unique_ptr<SymmetricHeap> heap_;
+  std::unique_ptr<PeerLiveness> live_;
   HeapAllocator alloc_;
   std::unique_ptr<ShmTransport> node_;
   std::vector<int> node_ranks_;

@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -35,18 +36,35 @@ std::string ReadLine(const char* path) {
   return s;
 }
 
+// EPX_NUMA_NODE (set by epx-run, or by hand): -1 or unset = not chosen, else a node of this host. Strict,
+// with the tunables' integer rules: atoi read "x", "" or an overflow as node 0 and bound the heap there
+// without a word. Not a row of the tunables table (like EPX_RANK it comes from the launcher), so the row
+// is made here, with the range of this host.
+StatusOr<int> NumaNodeFromEnv() {
+  const char* e = std::getenv("EPX_NUMA_NODE");
+  if (e == nullptr) return -1;
+  const int max_node = numa_max_node();
+  const std::string range = fmt::format("-1..{}", max_node);
+  const TunableDef row{"EPX_NUMA_NODE", TunableType::kInt, "-1", "", range.c_str(), "NUMA node of the heap"};
+  EPX_RETURN_IF_ERROR(ValidateTunableValue(row, e));
+  const int n = static_cast<int>(std::strtol(e, nullptr, 10));  // validated: an integer in -1..max_node
+  // Node ids may have holes (offline or memory-less nodes): the node must be one the kernel knows.
+  if (n >= 0 && !numa_bitmask_isbitset(numa_nodes_ptr, static_cast<unsigned>(n)))
+    return EPX_ERROR(kInvalidArgument,
+                     "EPX_NUMA_NODE='{}': no such NUMA node on this host (nodes 0..{} with holes)", e, max_node);
+  return n;
+}
+
 // NUMA node for the heap: explicit, else the launcher's EPX_NUMA_NODE, else where our CPUs are.
-int ChooseNode(int requested) {
+StatusOr<int> ChooseNode(int requested) {
   if (requested >= 0) return requested;
-  if (const char* e = std::getenv("EPX_NUMA_NODE")) {
-    int n = std::atoi(e);
-    if (n >= 0) return n;
-  }
+  EPX_ASSIGN_OR_RETURN(const int env, NumaNodeFromEnv());
+  if (env >= 0) return env;
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0)
     for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) return numa_node_of_cpu(c);
+      if (CPU_ISSET(c, &set)) return std::max(numa_node_of_cpu(c), 0);  // -1: unknown, as with no CPU
   return 0;
 }
 
@@ -188,7 +206,7 @@ StatusOr<std::unique_ptr<SymmetricHeap>> SymmetricHeap::Create(const HeapOptions
 
   // 3. NUMA binding before the first touch, so every page is allocated on the rank's node.
   if (opts.numa_bind && numa_available() >= 0) {
-    h->numa_node_ = ChooseNode(opts.numa_node);
+    EPX_ASSIGN_OR_RETURN(h->numa_node_, ChooseNode(opts.numa_node));
     if (h->numa_node_ > numa_max_node())
       return EPX_ERROR(kInvalidArgument, "NUMA node {} does not exist (max {})", h->numa_node_, numa_max_node());
     unsigned long mask[16] = {};

@@ -91,6 +91,10 @@ class RdmaDomain {
                         uint64_t add) = 0;
   virtual Status Flush(int ch) = 0;
   virtual Status Quiet(int ch) = 0;
+  // Non-blocking: collects the completions of what `ch` posted; returns the error of a failed work
+  // request (peer, QP, status). Progress loops call it when idle, so a QP that broke (e.g. its retries
+  // ran out) is reported at once instead of as a timeout of whatever waited on it.
+  virtual Status Poll(int ch) = 0;
 
   // Local counter (in this rank's counter area) as updated by peers' FetchAdd/Signal.
   virtual StatusOr<uint64_t> ReadCounter(size_t local_off) = 0;

@@ -81,6 +81,7 @@ class ShmRdmaDomain final : public RdmaDomain {
 
   Status Flush(int ch) override { return CheckChannel(ch); }
   Status Quiet(int ch) override { return CheckChannel(ch); }
+  Status Poll(int ch) override { return CheckChannel(ch); }
 
   StatusOr<uint64_t> ReadCounter(size_t local_off) override {
     EPX_RETURN_IF_ERROR(CheckCounter(0, ctx_.rank(), local_off, "read_counter"));
@@ -90,12 +91,15 @@ class ShmRdmaDomain final : public RdmaDomain {
   Status WaitCounter(size_t local_off, uint64_t target, std::string_view what) override {
     EPX_RETURN_IF_ERROR(CheckCounter(0, ctx_.rank(), local_off, "wait_counter"));
     auto& w = Word(heap_.base(), local_off);
+    // The writers are processes of this host: a dead one is named by the Context's liveness watch.
     return WaitUntil([&] { return w.load(std::memory_order_acquire) >= target; },
-                     Deadline::After(std::chrono::milliseconds(opts_.timeout_ms)), [&] {
-                       return fmt::format("{}: rank {} waited {} ms for counter at offset {} to reach {} (at {})", what,
-                                          ctx_.rank(), opts_.timeout_ms, local_off, target,
-                                          w.load(std::memory_order_acquire));
-                     });
+                     Deadline::After(std::chrono::milliseconds(opts_.timeout_ms)),
+                     [&](int64_t ms) {
+                       return fmt::format(
+                           "{}: rank {} waited {} ms for counter at offset {} to reach {} (at {})", what,
+                           ctx_.rank(), ms, local_off, target, w.load(std::memory_order_acquire));
+                     },
+                     &ctx_.liveness(), what);
   }
 
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override {
@@ -140,10 +144,16 @@ class ShmRdmaDomain final : public RdmaDomain {
           return Status::Ok();
         }
       } else if (dif < 0) {
-        // Queue full: the receiver has not drained. Like an RNR NAK: back off until the deadline.
+        // Queue full: the receiver has not drained. Like an RNR NAK: back off until the deadline, or
+        // until the receiver is known dead (liveness, slow path only).
         if ((i & 63) == 63 && d.Expired())
           return EPX_ERROR(kTimeout, "write_imm to rank {}: its immediate queue ({} entries) stayed full for {} ms",
                            peer, ctl::kImmSlots, opts_.timeout_ms);
+        if ((i & 63) == 63 && backoff.sleeping() && ctx_.liveness().PeerDead()) [[unlikely]]
+          return ctx_.liveness().PeerFailure(
+              "an RDMA write-with-immediate (shm emulation)",
+              fmt::format("write_imm to rank {}: its immediate queue ({} entries) is full", peer,
+                          ctl::kImmSlots));
         backoff.Pause();
         pos = enq.load(std::memory_order_relaxed);
       } else {

@@ -30,10 +30,12 @@ Status ShmTransport::CheckWord(int peer, size_t off, std::string_view what) cons
 
 Status ShmTransport::WaitGE(int peer, size_t off, uint64_t target, std::string_view what) const {
   const Deadline d = Deadline::After(std::chrono::milliseconds(timeout_ms_));
-  return WaitUntil([&] { return AtomicLoad(peer, off) >= target; }, d, [&] {
-    return fmt::format("{}: rank {} waited {} ms for rank {} (word at offset {}: {} < {})", what, heap_.rank(),
-                       timeout_ms_, peer, off, AtomicLoad(peer, off), target);
-  });
+  return WaitUntil([&] { return AtomicLoad(peer, off) >= target; }, d,
+                   [&](int64_t ms) {
+                     return fmt::format("{}: rank {} waited {} ms for rank {} (word at offset {}: {} < {})",
+                                        what, heap_.rank(), ms, peer, off, AtomicLoad(peer, off), target);
+                   },
+                   health_, what);
 }
 
 Status ShmTransport::Barrier(std::string_view phase) {
@@ -48,13 +50,15 @@ Status ShmTransport::Barrier(std::string_view phase) {
         return true;
       },
       d,
-      [&] {
+      [&](int64_t ms) {
         std::string missing;
         for (int p : peers_)
-          if (uint64_t v = AtomicLoad(p, barrier_off_); v < e) missing += fmt::format(" {}(at epoch {})", p, v);
-        return fmt::format("node barrier '{}' (epoch {}): rank {} waited {} ms; ranks not arrived:{}", phase, e,
-                           heap_.rank(), timeout_ms_, missing);
-      });
+          if (uint64_t v = AtomicLoad(p, barrier_off_); v < e)
+            missing += fmt::format(" {}(at epoch {})", p, v);
+        return fmt::format("node barrier '{}' (epoch {}): rank {} waited {} ms; ranks not arrived:{}", phase,
+                           e, heap_.rank(), ms, missing);
+      },
+      health_, "a node barrier");
 }
 
 }  // namespace epx

@@ -69,6 +69,9 @@ class ShmTransport {
   Status Barrier(std::string_view phase);
 
   const std::vector<int>& peers() const { return peers_; }
+  // Asked on the slow path of WaitGE/Barrier whether a peer died (Context passes its PeerLiveness);
+  // null: deadline only.
+  void SetHealth(WaitHealth* h) { health_ = h; }
 
  private:
   std::atomic<uint64_t>& Word(int peer, size_t off) const {
@@ -88,6 +91,7 @@ class ShmTransport {
   size_t barrier_off_;
   uint64_t epoch_ = 0;
   int64_t timeout_ms_;
+  WaitHealth* health_ = nullptr;
 };
 
 }  // namespace epx

@@ -39,6 +39,11 @@
 //                      out = bf16(acc)
 //     (bias terms are skipped when absent). Combined topk_weights follow the same order without
 //     rounding. Results are bitwise reproducible; kernels/reference.cc implements the same order.
+//   * Zero-copy inputs (one node; NormalLimits::max_zero_copy_tokens > 0): x written into
+//     DispatchInputBuffer() and y into CombineInputBuffer() (with zero_copy set in the input) are read by
+//     the node peers straight from this rank's heap: ring messages carry only headers / row indices, so
+//     each received byte is copied once (dispatch) or read once by the reduction (combine). Same results
+//     bitwise; the call ends with a node barrier so the buffers may be rewritten after it returns.
 //   * Internode: a token crosses RDMA once per destination node, to the rank with the same local
 //     index there, which forwards it over shared memory; combine reduces inside the node first and
 //     sends one RDMA message per (token, node) back. RDMA flows only between same-local-index ranks.

@@ -7,8 +7,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <span>
 #include <string_view>
 
 #include "core/log.h"
@@ -29,5 +33,26 @@ inline const bool kQuietLog = [] {
   SetLogSink([](std::string_view) {});
   return true;
 }();
+
+// Reads fixed-size fields from the front of an input (zeros once it runs out), so that seeds are plain
+// packed structs (struct.pack in Python) and the layout of an input is obvious from the target's code.
+class ByteReader {
+ public:
+  ByteReader(const uint8_t* data, size_t size) : p_(data), n_(size) {}
+  template <typename T>
+  T Take() {
+    T x{};
+    const size_t k = std::min(sizeof(T), n_);
+    if (k) std::memcpy(&x, p_, k);
+    p_ += k;
+    n_ -= k;
+    return x;
+  }
+  std::span<const uint8_t> Rest() const { return {p_, n_}; }
+
+ private:
+  const uint8_t* p_;
+  size_t n_;
+};
 
 }  // namespace epx::fuzz

@@ -33,6 +33,18 @@ NormalBuffer& Buf() {
   return *buf;
 }
 
+// The same limits with zero-copy inputs (NormalBuffer::DispatchInputBuffer / CombineInputBuffer).
+NormalBuffer& ZcBuf() {
+  static std::unique_ptr<NormalBuffer> buf = [] {
+    NormalLimits lim = kLimits;
+    lim.max_zero_copy_tokens = 64;
+    auto b = NormalBuffer::Create(Ctx(), NormalConfig{.num_channels = 2}, lim);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    return b.ok() ? std::move(*b) : nullptr;
+  }();
+  return *buf;
+}
+
 struct Shape {
   int topk = 2;
   int experts_per_rank = 9;  // E = 9R: never a power of two
@@ -109,17 +121,29 @@ void ExpectDispatchEq(const DispatchOutput& out, const RefDispatch& ref, bool to
 // One dispatch checked against the reference; leaves outputs in `out`/`h` for further use.
 struct Trial {
   std::unique_ptr<GeneratedProblem> g;
+  std::unique_ptr<RefProblem> ref;  // the problem the reference sees, when not g's (a masked rank)
   RefRouting route;
   DispatchOutput out;
   NormalHandle h;
 };
 
-void DispatchAndCheck(const Shape& s, uint64_t seed, Trial* run, int alignment = 1) {
+// zero_copy: x goes through buf's DispatchInputBuffer (peers copy the rows from this rank's heap).
+void DispatchAndCheck(const Shape& s, uint64_t seed, Trial* run, int alignment = 1, NormalBuffer* buf = nullptr,
+                      bool zero_copy = false) {
+  NormalBuffer& b = buf ? *buf : Buf();
   run->g = std::make_unique<GeneratedProblem>(SpecOf(s, seed), Ctx().rank());
   auto route = ReferenceRouting(run->g->problem());
   ASSERT_TRUE(route.ok()) << route.status().ToString();
   run->route = std::move(*route);
-  ASSERT_OK(Buf().Dispatch(InputOf(*run->g, alignment), &run->out, &run->h));
+  DispatchInput in = InputOf(*run->g, alignment);
+  if (zero_copy) {
+    std::span<uint8_t> zx = b.DispatchInputBuffer();
+    ASSERT_GE(zx.size(), in.x.size());
+    std::copy(in.x.begin(), in.x.end(), zx.begin());
+    in.x = zx.first(in.x.size());
+    in.zero_copy = true;
+  }
+  ASSERT_OK(b.Dispatch(in, &run->out, &run->h));
   const int me = Ctx().rank();
   // Layout: the handle's routing equals the reference layout of this rank's tokens.
   EXPECT_EQ(run->h.is_token_in_rank, run->route.layout[me].is_token_in_rank) << "rank " << me;
@@ -132,9 +156,10 @@ void DispatchAndCheck(const Shape& s, uint64_t seed, Trial* run, int alignment =
 
 // Combine of rank-specific expert outputs y_r[i] = HashRow(salt, r, src, token), weights = the
 // received weights, optional biases; compared bitwise with the reference.
-void CombineAndCheck(Trial& run, uint64_t salt, bool bias, bool weights, CombineOutput* got = nullptr) {
+void CombineAndCheck(Trial& run, uint64_t salt, bool bias, bool weights, CombineOutput* got = nullptr,
+                     NormalBuffer* buf = nullptr, bool zero_copy = false) {
   const int me = Ctx().rank(), R = Ctx().world_size();
-  const RefProblem& p = run.g->problem();
+  const RefProblem& p = run.ref ? *run.ref : run.g->problem();
   const int H = p.hidden, K = p.topk;
   std::vector<RefDispatch> refs;
   for (int r = 0; r < R; ++r) refs.push_back(ReferenceDispatch(p, run.route, r));
@@ -164,8 +189,15 @@ void CombineAndCheck(Trial& run, uint64_t salt, bool bias, bool weights, Combine
     in.bias0 = b0;
     in.bias1 = b1;
   }
+  if (zero_copy) {  // y through the buffer's CombineInputBuffer: sources reduce from this rank's heap
+    std::span<bf16> zy = buf->CombineInputBuffer();
+    ASSERT_GE(zy.size(), in.y.size());
+    std::copy(in.y.begin(), in.y.end(), zy.begin());
+    in.y = zy.first(in.y.size());
+    in.zero_copy = true;
+  }
   CombineOutput out;
-  ASSERT_OK(Buf().Combine(run.h, in, &out));
+  ASSERT_OK((buf ? *buf : Buf()).Combine(run.h, in, &out));
   RefCombineInputs rin;
   rin.y_row = [&](int r, int i) { return &ys[r][static_cast<size_t>(i) * H]; };
   if (weights) rin.w_row = [&](int r, int i) { return &refs[r].topk_weights[static_cast<size_t>(i) * K]; };
@@ -431,6 +463,118 @@ TEST(NormalMr, TinyRingsStreamManyTokens) {
                            [](bf16 a, bf16 b) { return a.bits == b.bits; }))
         << "tiny rings combine, rank " << Ctx().rank();
   }
+}
+
+// Zero-copy inputs (one node): dispatch rows read from the sources' DispatchInputBuffer, combine rows
+// reduced straight from the experts' CombineInputBuffer; bitwise the reference, BF16 and FP8, with and
+// without weights and biases, several calls in a row (the node barrier at the end of each call is what
+// lets the next one rewrite the buffers). Mixed modes are named; several nodes are refused up front.
+TEST(NormalMr, ZeroCopyInputsMatchTheReference) {
+  NormalBuffer& zc = ZcBuf();
+  if (Ctx().placement().num_nodes > 1) {
+    Trial run;
+    run.g = std::make_unique<GeneratedProblem>(SpecOf(Shape{}, 5), Ctx().rank());
+    DispatchInput in = InputOf(*run.g);
+    std::span<uint8_t> zx = zc.DispatchInputBuffer();
+    std::copy(in.x.begin(), in.x.end(), zx.begin());
+    in.x = zx.first(in.x.size());
+    in.zero_copy = true;
+    Status st = zc.Dispatch(in, &run.out, &run.h);
+    EXPECT_EQ(st.code(), Code::kUnsupported) << st.ToString();
+    EXPECT_NE(st.message().find("zero_copy needs all ranks on one node"), std::string::npos) << st.message();
+    return;
+  }
+  for (int i = 0; i < 4; ++i) {
+    Shape s;
+    s.topk = 1 + i % 4;
+    s.hidden = i % 2 ? 320 : 136;
+    s.dtype = i == 2 ? TokenDtype::kFp8 : TokenDtype::kBf16;
+    s.zero_ranks = i == 3;
+    Trial run;
+    DispatchAndCheck(s, 700 + i, &run, 1, &zc, /*zero_copy=*/true);
+    CombineAndCheck(run, 800 + i, /*bias=*/i % 2 == 1, /*weights=*/i != 1, nullptr, &zc, /*zero_copy=*/true);
+  }
+  // Without zero_copy the same buffer works as usual, and a cached dispatch may use zero-copy x.
+  Trial run;
+  DispatchAndCheck(Shape{}, 900, &run, 1, &zc, false);
+  CombineAndCheck(run, 901, false, true, nullptr, &zc, false);
+  // Bad use, on every rank alike (rejected before anything moves): rows not at the buffer's start.
+  DispatchInput in = InputOf(*run.g);
+  in.zero_copy = true;
+  Status st = zc.Dispatch(in, &run.out, &run.h);
+  EXPECT_EQ(st.code(), Code::kInvalidArgument);
+  EXPECT_NE(st.message().find("do not start at DispatchInputBuffer()"), std::string::npos) << st.message();
+  st = Buf().Dispatch(in, &run.out, &run.h);  // a buffer without zero-copy inputs
+  EXPECT_NE(st.message().find("max_zero_copy_tokens = 0"), std::string::npos) << st.message();
+}
+
+// The problem without rank v: its tokens gone, every top-k slot naming one of its experts -1.
+std::unique_ptr<RefProblem> WithoutRank(const RefProblem& full, int v) {
+  auto p = std::make_unique<RefProblem>(full);
+  const int epr = p->num_experts / p->num_ranks;
+  p->num_tokens[v] = 0;
+  p->topk_idx[v].clear();
+  if (p->with_weights) p->topk_weights[v].clear();
+  for (auto& idx : p->topk_idx)
+    for (int64_t& e : idx)
+      if (e >= 0 && e / epr == v) e = -1;
+  return p;
+}
+
+// Rank masking (one node): the last rank is masked by the others and makes no call on this buffer; the
+// survivors' inputs still route tokens to its experts. Dispatch and combine equal the reference without
+// it, bitwise, for several shapes; a handle from before a mask change is refused; unmasking a rank a call
+// skipped is refused with how to re-admit it (a new buffer on every rank).
+TEST(NormalMr, MaskedRankIsSkippedAndResultsMatchTheReferenceWithoutIt) {
+  const int R = Ctx().world_size(), me = Ctx().rank(), v = R - 1;
+  static std::unique_ptr<NormalBuffer> buf = [] {
+    auto b = NormalBuffer::Create(Ctx(), NormalConfig{.num_channels = 2}, kLimits);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    return b.ok() ? std::move(*b) : nullptr;
+  }();
+  ASSERT_NE(buf, nullptr);
+  Status self = buf->MaskRank(me);
+  EXPECT_NE(self.message().find("cannot mask itself"), std::string::npos) << self.message();
+  if (R == 1) return;
+  if (Ctx().placement().num_nodes > 1) {  // refused up front, naming why
+    Status st = buf->MaskRank(me == 0 ? 1 : 0);
+    EXPECT_EQ(st.code(), Code::kUnsupported) << st.ToString();
+    EXPECT_NE(st.message().find("masking in normal mode is for one node"), std::string::npos) << st.message();
+    return;
+  }
+  Trial before;
+  DispatchAndCheck(Shape{}, 1000, &before, 1, buf.get());  // every rank: a handle made before the mask
+  if (me != v) {
+    ASSERT_OK(buf->MaskRank(v));
+    EXPECT_EQ(buf->MaskedRanks(), std::vector<int>{v});
+    CombineInput stale;
+    stale.hidden = 200;
+    CombineOutput sink;
+    Status st = buf->Combine(before.h, stale, &sink);  // refused before anything moves
+    EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+    EXPECT_NE(st.message().find("rank mask changed"), std::string::npos) << st.message();
+    for (int i = 0; i < 3; ++i) {
+      Shape s;
+      s.topk = 2 + i;
+      s.hidden = i == 1 ? 320 : 200;
+      s.dtype = i == 2 ? TokenDtype::kFp8 : TokenDtype::kBf16;
+      Trial run;
+      run.g = std::make_unique<GeneratedProblem>(SpecOf(s, 1100 + i), me);
+      run.ref = WithoutRank(run.g->problem(), v);
+      auto route = ReferenceRouting(*run.ref);
+      ASSERT_TRUE(route.ok()) << route.status().ToString();
+      run.route = std::move(*route);
+      ASSERT_OK(buf->Dispatch(InputOf(*run.g), &run.out, &run.h));
+      ExpectDispatchEq(run.out, ReferenceDispatch(*run.ref, run.route, me), true,
+                       fmt::format("dispatch without rank {} (seed {})", v, 1100 + i));
+      CombineAndCheck(run, 1200 + i, /*bias=*/i == 1, /*weights=*/true, nullptr, buf.get());
+    }
+    Status un = buf->UnmaskRank(v);
+    EXPECT_EQ(un.code(), Code::kFailedPrecondition);
+    EXPECT_NE(un.message().find("re-admit it by creating the NormalBuffer again"), std::string::npos)
+        << un.message();
+  }
+  ASSERT_OK(Ctx().bootstrap().Barrier("normal-mask-done"));
 }
 
 }  // namespace

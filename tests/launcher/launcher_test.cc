@@ -624,5 +624,97 @@ TEST(LauncherMultiHost, TwoHostsSplitRanksAndAgreeOnJobId) {
   EXPECT_TRUE(h1.AllGone());
 }
 
+// ---------------------------------------------------------------------------------------------------
+// --grace: after a rank failed, the others may run on for a while to report it themselves.
+
+// The last non-empty line of `s`.
+std::string LastLine(const std::string& s) {
+  auto lines = Launch::Lines(s);
+  while (!lines.empty() && lines.back().empty()) lines.pop_back();
+  return lines.empty() ? std::string() : lines.back();
+}
+
+TEST(LauncherGrace, SurvivorsReportTheFailureThemselvesWithinTheGrace) {
+  // Rank 1 is killed with SIGKILL; the others notice (here: after 0.6 s), say so and exit with 3.
+  const std::string script =
+      "echo pid $$; if [ \"$EPX_RANK\" = 1 ]; then sleep 0.2; kill -9 $$; fi; "
+      "sleep 0.8; echo \"rank $EPX_RANK saw it\"; exit 3";
+  Launch l({"-n", "3", "--grace", "5", "--", "/bin/sh", "-c", script});
+  EXPECT_EQ(l.Wait(10s), 128 + SIGKILL) << l.err();
+  EXPECT_LT(l.seconds(), 3.0) << "the survivors ended on their own: no need to wait for the grace to end";
+  EXPECT_THAT(l.out(), HasSubstr("[r0] rank 0 saw it"));
+  EXPECT_THAT(l.out(), HasSubstr("[r2] rank 2 saw it"));
+  EXPECT_THAT(l.err(),
+              ::testing::ContainsRegex(R"(epx-run: rank 1 \(pid [0-9]+\) killed by signal 9 \(Killed\))"));
+  EXPECT_THAT(l.err(),
+              HasSubstr("letting 2 other ranks (0,2) run up to 5 s to report the failure (--grace)"));
+  EXPECT_THAT(l.err(),
+              ::testing::ContainsRegex(
+                  R"(epx-run: rank 0 \(pid [0-9]+\) exited with code 3, [0-9.]+ s after rank 1 failed)"));
+  EXPECT_THAT(LastLine(l.err()),
+              ::testing::MatchesRegex(
+                  R"(epx-run: exit code 137: rank 1 \(pid [0-9]+\) killed by SIGKILL \(signal 9, )"
+                  R"(Killed\) \(the first rank to fail\))"));
+  EXPECT_THAT(l.err(), ::testing::Not(HasSubstr("terminating")));
+  EXPECT_EQ(l.Pids().size(), 3u);
+  EXPECT_TRUE(l.AllGone());
+}
+
+TEST(LauncherGrace, RanksStillRunningWhenTheGraceEndsAreTerminated) {
+  Launch l(Probe({"segv", "1"}, {"-n", "3", "--grace", "1"}));
+  EXPECT_EQ(l.Wait(10s), 128 + SIGSEGV) << l.err();
+  // 200 ms until rank 1 dies, then 1 s of grace; the sleepers go at SIGTERM.
+  EXPECT_GE(l.seconds(), 1.1) << l.err();
+  EXPECT_LT(l.seconds(), 3.5) << l.err();
+  EXPECT_THAT(l.err(),
+              HasSubstr("epx-run: --grace of 1 s after rank 1 failed is over: terminating 2 ranks still "
+                        "running (0,2)"));
+  EXPECT_THAT(LastLine(l.err()),
+              ::testing::MatchesRegex(R"(epx-run: exit code 139: rank 1 \(pid [0-9]+\) killed by )"
+                                      R"(SIGSEGV \(signal 11, Segmentation fault\).*)"));
+  EXPECT_EQ(l.Pids().size(), 3u);
+  EXPECT_TRUE(l.AllGone());
+}
+
+TEST(LauncherGrace, DefaultStopsTheOthersAtOnceAndStillNamesTheCauseLast) {
+  Launch l(Probe({"rank-exit", "1", "7"}, {"-n", "3"}));
+  EXPECT_EQ(l.Wait(), 7) << l.err();
+  EXPECT_LT(l.seconds(), 2.5) << l.err();
+  EXPECT_THAT(l.err(), HasSubstr("terminating 2 other ranks (0,2)"));
+  EXPECT_THAT(l.err(), ::testing::Not(HasSubstr("--grace")));
+  EXPECT_THAT(
+      LastLine(l.err()),
+      ::testing::MatchesRegex(R"(epx-run: exit code 7: rank 1 \(pid [0-9]+\) exited with code 7 \(the first )"
+                              R"(rank to fail\))"));
+  EXPECT_TRUE(l.AllGone());
+}
+
+TEST(LauncherGrace, BadValuesAreRejected) {
+  for (const char* v : {"-1", "x", "1e9"}) {
+    Launch l({"-n", "2", "--grace", v, "--", "true"});
+    EXPECT_EQ(l.Wait(), 2) << v << ": " << l.err();
+    EXPECT_THAT(l.err(), HasSubstr("--grace")) << v;
+  }
+}
+
+TEST(LauncherGrace, AKilledRankIsNamedBeforeOneThatExitedInTheSameReap) {
+  // Rank 2 is killed, then rank 1 (spawned first, so waitid returns it first) exits with 3, as a survivor
+  // reporting the death would. The launcher is stopped meanwhile, so one reap finds both: the verdict must
+  // still name the killed rank.
+  const std::string script =
+      "echo pid $$; case $EPX_RANK in 1) sleep 0.6; exit 3;; 2) sleep 0.3; kill -9 $$;; *) sleep 30;; esac";
+  Launch l({"-n", "3", "--", "/bin/sh", "-c", script});
+  ASSERT_TRUE(l.WaitForPids(3)) << l.err();
+  l.Signal(SIGSTOP);
+  std::this_thread::sleep_for(1500ms);
+  l.Signal(SIGCONT);
+  EXPECT_EQ(l.Wait(10s), 128 + SIGKILL) << l.err();
+  EXPECT_THAT(LastLine(l.err()),
+              ::testing::MatchesRegex(R"(epx-run: exit code 137: rank 2 \(pid [0-9]+\) killed by )"
+                                      R"(SIGKILL \(signal 9, Killed\).*)"))
+      << l.err();
+  EXPECT_TRUE(l.AllGone());
+}
+
 }  // namespace
 }  // namespace epx

@@ -3,7 +3,7 @@
 // prefixes and supervises them (first failure, signals, timeout); see process_group.h.
 //
 //   epx-run -n R [--nodes N] [--nnodes M --node-rank i --master HOST:PORT] [--no-bind] [--timeout S]
-//           [--print-config] [--tag-output|--no-tag] -- PROGRAM ARGS...
+//           [--grace S] [--print-config] [--tag-output|--no-tag] -- PROGRAM ARGS...
 //
 // Rank model (transport/placement.h): N logical nodes of L = R/N ranks, rank = node*L + local. The
 // M hosts split the ranks evenly: host i starts ranks [i*R/M, (i+1)*R/M) (so N must be a multiple of
@@ -45,6 +45,7 @@ struct Args {
   std::string master;
   bool no_bind = false;
   double timeout_s = 0;
+  double grace_s = 0;
   bool print_config = false;
   bool tag = true;
   std::vector<std::string> command;
@@ -79,6 +80,8 @@ Layout Validate(Args& a) {
   if (a.nnodes > 1 && a.master.empty())
     throw ValidationError("--master", "is required with --nnodes > 1 (HOST:PORT of the host running rank 0)");
   if (a.timeout_s < 0) throw ValidationError("--timeout", "must not be negative");
+  if (!(a.grace_s >= 0 && a.grace_s <= 86400))
+    throw ValidationError("--grace", fmt::format("{} is not a number of seconds in [0, 86400]", a.grace_s));
   if (a.command.empty() && !a.print_config)
     throw ValidationError("PROGRAM", "missing: usage is epx-run -n R [options] -- PROGRAM [ARGS...]");
 
@@ -228,13 +231,17 @@ int Main(int argc, char** argv) {
   app.add_option("--master", a.master, "HOST:PORT where rank 0 listens (required with --nnodes > 1)");
   app.add_flag("--no-bind", a.no_bind, "do not pin ranks to cores and NUMA nodes");
   app.add_option("--timeout", a.timeout_s, "kill the job after S seconds (exit code 124); 0: none");
+  app.add_option("--grace", a.grace_s,
+                 "when a rank fails, let the others run up to S seconds (to detect and report it themselves) "
+                 "before terminating them; 0 (default): terminate them at once");
   app.add_flag("--print-config", a.print_config, "print tunables and the placement plan, then exit");
   app.add_flag("--tag-output,!--no-tag", a.tag, "prefix output lines with [r<rank>] (default on)");
   app.add_option("command", a.command, "PROGRAM [ARGS...] (after --)")->expected(-1);
   app.footer(
       "Each rank gets EPX_RANK EPX_WORLD_SIZE EPX_LOCAL_RANK EPX_LOCAL_SIZE EPX_MASTER_ADDR EPX_MASTER_PORT\n"
       "EPX_JOB_ID EPX_LAUNCHER=epx-run EPX_NUMA_NODE EPX_CPUS. Exit code: 0, the first failing rank's code\n"
-      "(128+signal if killed), 124 on --timeout, 128+signal if epx-run itself was interrupted.");
+      "(128+signal if killed; the last line names it), 124 on --timeout, 128+signal if epx-run itself was\n"
+      "interrupted.");
   Layout l;
   try {
     app.parse(argc, argv);
@@ -289,6 +296,7 @@ int Main(int argc, char** argv) {
   opts.tag_output = a.tag;
   if (a.timeout_s > 0)
     opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000.0 + 0.5));
+  opts.failure_grace = std::chrono::milliseconds(static_cast<int64_t>(a.grace_s * 1000.0 + 0.5));
   auto sup = Supervisor::Create(opts);
   if (!sup.ok()) {
     fmt::print(stderr, "epx-run: {}\n", sup.status().message());

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 #include "core/sys.h"
@@ -40,6 +41,21 @@ struct ChildError {
   std::memcpy(e.what, what.data(), std::min(what.size(), sizeof(e.what) - 1));
   (void)!::write(fd, &e, sizeof(e));
   ::_exit(127);
+}
+
+// Whether `pid` (a child) is exiting: its thread-group leader is a zombie (state Z or X in
+// /proc/<pid>/stat) while the rest of the group is still being torn down.
+bool Dying(pid_t pid) {
+  char path[40], buf[512];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  const char* paren = std::strrchr(buf, ')');
+  return paren != nullptr && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
 }
 
 [[noreturn]] void WatchdogMain(int rfd) {
@@ -291,30 +307,58 @@ void Supervisor::OnRankExit(Rank& r, int status) {
   r.alive = false;
   Drain(r);
   const bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
-  if (!failed || stopping_) return;  // once stopping, deaths are the ones we caused
   std::string how;
+  int code = 0;
   if (WIFEXITED(status)) {
-    exit_code_ = WEXITSTATUS(status);
-    how = fmt::format("exited with code {}", exit_code_);
+    code = WEXITSTATUS(status);
+    how = fmt::format("exited with code {}", code);
   } else {
     const int sig = WTERMSIG(status);
-    exit_code_ = 128 + sig;
+    code = 128 + sig;
     how = fmt::format("killed by signal {} ({}){}", sig, strsignal(sig),
                       WCOREDUMP(status) ? ", core dumped" : "");
   }
+  if (survive_until_ && !stopping_) {
+    // A survivor of the first failure ended on its own within --grace (typically after reporting it).
+    const double after = std::chrono::duration<double>(Clock::now() - failed_at_).count();
+    Say(fmt::format("epx-run: rank {} (pid {}) {}, {:.2f} s after rank {} failed", r.rank, r.pid, how, after,
+                    first_failed_rank_));
+    return;
+  }
+  if (!failed || stopping_) return;  // once stopping, deaths are the ones we caused
+  exit_code_ = code;
   Say(fmt::format("epx-run: rank {} (pid {}) {}", r.rank, r.pid, how));
+  first_failed_rank_ = r.rank;
+  failed_at_ = Clock::now();
+  first_failure_ =
+      WIFEXITED(status)
+          ? fmt::format("rank {} (pid {}) exited with code {}", r.rank, r.pid, code)
+          : fmt::format("rank {} (pid {}) killed by {} (signal {}, {})", r.rank, r.pid,
+                        SignalName(WTERMSIG(status)), WTERMSIG(status), strsignal(WTERMSIG(status)));
   const int others = AliveCount();
+  if (others > 0 && opts_.failure_grace.count() > 0) {
+    survive_until_ = failed_at_ + opts_.failure_grace;
+    Say(fmt::format(
+        "epx-run: letting {} other rank{} ({}) run up to {:.3g} s to report the failure (--grace)", others,
+        others == 1 ? "" : "s", AliveList(), opts_.failure_grace.count() / 1000.0));
+    return;
+  }
   Stop(SIGTERM, others == 0 ? std::string()
                             : fmt::format("epx-run: terminating {} other rank{} ({})", others,
                                           others == 1 ? "" : "s", AliveList()));
 }
 
 void Supervisor::ReapExited() {
+  // Every rank dead by now is reaped before any is reported: which of them died first is unknown (waitid
+  // returns them in pid order, not death order), and it matters for the verdict. A rank killed by a
+  // signal did not choose to end; a rank of the same batch that exited non-zero has most likely reported
+  // that death itself (a survivor's "peer failure"), so the killed ones are reported first.
+  std::vector<std::pair<Rank*, int>> batch;
   for (;;) {
     siginfo_t si{};
     // WNOWAIT first: while the rank is an unreaped zombie its pid cannot be reused, so the group
     // kill below can only reach what the rank left behind.
-    if (::waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0) return;
+    if (::waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0) break;
     const pid_t pid = si.si_pid;
     auto it =
         std::find_if(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.pid == pid && r.alive; });
@@ -328,8 +372,40 @@ void Supervisor::ReapExited() {
       watchdog_pid_ = -1;  // it should never exit first; rank cleanup then rests on PDEATHSIG alone
       continue;
     }
-    if (it != ranks_.end()) OnRankExit(*it, status);
+    if (it == ranks_.end()) continue;
+    it->alive = false;  // reaped: its pid may be reused, so no signal may reach it any more
+    batch.emplace_back(&*it, status);
   }
+  // A rank killed by a signal can be a zombie thread-group leader whose other threads are still being
+  // torn down: the kernel makes it waitable only once they are gone, which may be after a rank that
+  // reacted to its death exited and was reaped above. Before a verdict that would name a plain non-zero
+  // exit, wait (briefly: teardown takes milliseconds) for ranks that are already dying.
+  const bool verdict_pending = first_failure_.empty() && !stopping_;
+  const bool only_exits =
+      std::none_of(batch.begin(), batch.end(), [](const auto& b) { return WIFSIGNALED(b.second); });
+  const bool failure = std::any_of(batch.begin(), batch.end(), [](const auto& b) { return b.second != 0; });
+  if (verdict_pending && only_exits && failure) {
+    for (auto& r : ranks_) {
+      if (!r.alive || !Dying(r.pid)) continue;
+      siginfo_t si{};
+      for (int i = 0; i < 1000; ++i) {  // up to ~1 s
+        si.si_pid = 0;
+        if (::waitid(P_PID, static_cast<id_t>(r.pid), &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+            si.si_pid != 0)
+          break;
+        ::usleep(1000);
+      }
+      if (si.si_pid != r.pid) continue;
+      ::kill(-r.pid, SIGKILL);
+      TellWatchdog(-r.pid);
+      int status = 0;
+      ::waitpid(r.pid, &status, 0);
+      r.alive = false;
+      batch.emplace_back(&r, status);
+    }
+  }
+  std::stable_partition(batch.begin(), batch.end(), [](const auto& b) { return WIFSIGNALED(b.second); });
+  for (auto& [r, status] : batch) OnRankExit(*r, status);
 }
 
 void Supervisor::HandleSignals() {
@@ -383,6 +459,7 @@ int Supervisor::Run() {
     };
     consider(kill_at_);
     if (!stopping_) consider(timeout_at_);
+    if (!stopping_) consider(survive_until_);
     consider(drain_until_);
 
     int n = ::poll(pfds.data(), pfds.size(), timeout_ms);
@@ -408,6 +485,13 @@ int Supervisor::Run() {
                                 opts_.timeout->count() / 1000.0, AliveCount(), AliveCount() == 1 ? "" : "s",
                                 AliveList()));
     }
+    if (survive_until_ && !stopping_ && t >= *survive_until_ && AliveCount() > 0) {
+      Stop(SIGTERM,
+           fmt::format("epx-run: --grace of {:.3g} s after rank {} failed is over: terminating {} rank{} "
+                       "still running ({})",
+                       opts_.failure_grace.count() / 1000.0, first_failed_rank_, AliveCount(),
+                       AliveCount() == 1 ? "" : "s", AliveList()));
+    }
     if (kill_at_ && t >= *kill_at_) {
       kill_at_.reset();
       if (AliveCount() > 0) {
@@ -423,6 +507,9 @@ int Supervisor::Run() {
     CloseStream(r.out_fd, r.out.get());
     CloseStream(r.err_fd, r.err.get());
   }
+  // The cause last, after every rank's own words: what a reader of a long log looks for first.
+  if (!first_failure_.empty())
+    Say(fmt::format("epx-run: exit code {}: {} (the first rank to fail)", exit_code_, first_failure_));
   return exit_code_;
 }
 

@@ -37,6 +37,10 @@ struct SupervisorOptions {
   bool tag_output = true;                            // prefix lines; false: ranks inherit our stdout/stderr
   std::chrono::milliseconds grace{2000};             // SIGTERM/forwarded signal -> SIGKILL
   std::optional<std::chrono::milliseconds> timeout;  // --timeout
+  // --grace: after the first rank failed (non-zero exit or a signal), how long the others may keep
+  // running (so that they can detect and report the failure themselves) before they are terminated.
+  // 0: terminate them at once.
+  std::chrono::milliseconds failure_grace{0};
 };
 
 class Supervisor {
@@ -52,7 +56,8 @@ class Supervisor {
 
   // Supervises the spawned ranks until all have exited and their output is drained. Returns the
   // launcher's exit code: 0; the first failing rank's code or 128+signal; 124 on --timeout;
-  // 128+signal when the launcher itself was interrupted.
+  // 128+signal when the launcher itself was interrupted. When a rank failed, the last line says which
+  // and how ("epx-run: exit code 137: rank 1 (pid 4242) killed by SIGKILL (signal 9, Killed) ...").
   int Run();
 
   // Kills (SIGKILL to the groups) and reaps everything spawned so far; for a launch that failed half
@@ -95,6 +100,11 @@ class Supervisor {
   bool stop_sigkill_sent_ = false;
   int exit_code_ = 0;
   std::optional<Clock::time_point> kill_at_, timeout_at_, drain_until_;
+  // The first rank failure: what the final line says, and (with --grace) until when the others run.
+  std::string first_failure_;
+  int first_failed_rank_ = -1;
+  Clock::time_point failed_at_{};
+  std::optional<Clock::time_point> survive_until_;
   std::vector<char> buf_;
 };
 

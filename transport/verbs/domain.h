@@ -198,6 +198,11 @@ class VerbsDomain final : public RdmaDomain {
   }
 
   Status Quiet(int ch) override;
+  Status Poll(int ch) override {
+    if (ch < 0 || ch >= k_) [[unlikely]]
+      return BadChannel(ch);
+    return PollSend(*chans_[static_cast<size_t>(ch)]);  // returns the channel's stored error once failed
+  }
 
   StatusOr<uint64_t> ReadCounter(size_t off) override {
     if (off % 8 != 0 || off < opts_.counter_off || off + 8 > opts_.counter_off + opts_.counter_bytes)
@@ -349,6 +354,9 @@ class VerbsDomain final : public RdmaDomain {
   void OnSendError(Channel& c, SendQp& q, uint8_t op, const ibv_wc& wc);
   Status PostFailed(Channel& c, SendQp& q, int rc, ibv_send_wr* bad);
   void ProgressRecvLocked();
+  // Whether `peer` (-1: this rank's own CQs) already has a failure recorded: its later symptoms (flushed
+  // work requests, other QPs of the peer) are not logged again.
+  bool PeerKnownFailed(int peer);
   void MarkPeerFailed(int peer, const Status& why);
   Status PeerFailure(std::string_view what, size_t off, uint64_t target);
   void ProbeTick(bool send);

@@ -92,12 +92,14 @@ void VerbsDomain::OnSendError(Channel& c, SendQp& q, uint8_t op, const ibv_wc& w
                         ? Code::kPeerFailure
                         : Code::kTransport;
   c.failed = true;
-  c.error = internal::MakeError(
-      code, __FILE__, __LINE__,
-      fmt::format(
-          "rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
-          OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
-          wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_)));
+  std::string msg =
+      fmt::format("rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
+                  OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
+                  wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_));
+  // Every channel keeps its own error to return, but a peer that is already known to have failed (another
+  // channel, a receive, a probe) was logged there: this is its echo, not a new error.
+  c.error = PeerKnownFailed(q.peer) ? Status(code, std::move(msg))
+                                    : internal::MakeError(code, __FILE__, __LINE__, std::move(msg));
   MarkPeerFailed(q.peer, c.error);
 }
 
@@ -172,7 +174,8 @@ void VerbsDomain::ProgressRecvLocked() {
     if (room == 0) return;  // PollImm not called: leave CQEs (and receives) for later; senders see RNR
     const int n = ibv_poll_cq(recv_cq_.get(), static_cast<int>(std::min<size_t>(kPollBatch, room)), wc);
     if (n <= 0) {
-      if (n < 0)
+      // Every later call polls again: the failure is logged and stored once (peer_status_[me_]).
+      if (n < 0 && !PeerKnownFailed(-1))
         MarkPeerFailed(-1,
                        EPX_ERROR(kTransport, "rdma(verbs): ibv_poll_cq failed on the receive CQ ({})", n));
       return;
@@ -180,16 +183,20 @@ void VerbsDomain::ProgressRecvLocked() {
     for (int i = 0; i < n; ++i) {
       SendQp& q = *sqp_[static_cast<size_t>(wc[i].wr_id)];
       if (wc[i].status != IBV_WC_SUCCESS) [[unlikely]] {
-        MarkPeerFailed(
-            q.peer,
-            internal::MakeError(
-                wc[i].status == IBV_WC_WR_FLUSH_ERR ? Code::kPeerFailure : Code::kTransport, __FILE__,
-                __LINE__,
-                fmt::format(
-                    "rdma(verbs): receive on QP 0x{:x} (rank {} -> rank {}, channel {}) "
-                    "failed: {}{}",
-                    q.qpn, q.peer, me_, q.ch, WcStatusText(wc[i].status),
-                    wc[i].status == IBV_WC_WR_FLUSH_ERR ? "; the connection is in the error state" : "")));
+        // A broken QP flushes every receive posted on it (rq depth CQEs, over several calls), and a dead
+        // peer breaks all its QPs: only the first failure of a peer is an error to log and keep
+        // (peer_status_); the rest are its echo. Callers get the stored Status (PeerFailure, PollImm).
+        if (!PeerKnownFailed(q.peer))
+          MarkPeerFailed(
+              q.peer,
+              internal::MakeError(
+                  wc[i].status == IBV_WC_WR_FLUSH_ERR ? Code::kPeerFailure : Code::kTransport, __FILE__,
+                  __LINE__,
+                  fmt::format(
+                      "rdma(verbs): receive on QP 0x{:x} (rank {} -> rank {}, channel {}) "
+                      "failed: {}{}",
+                      q.qpn, q.peer, me_, q.ch, WcStatusText(wc[i].status),
+                      wc[i].status == IBV_WC_WR_FLUSH_ERR ? "; the connection is in the error state" : "")));
         continue;  // no re-post on a broken QP
       }
       const uint32_t imm = be32toh(wc[i].imm_data);
@@ -213,6 +220,11 @@ void VerbsDomain::ProgressRecvLocked() {
     }
     if (n < kPollBatch) return;
   }
+}
+
+bool VerbsDomain::PeerKnownFailed(int peer) {
+  std::lock_guard<std::mutex> g(health_mu_);
+  return !peer_status_[peer < 0 ? static_cast<size_t>(me_) : static_cast<size_t>(peer)].ok();
 }
 
 void VerbsDomain::MarkPeerFailed(int peer, const Status& why) {
@@ -251,7 +263,7 @@ void VerbsDomain::ProbeTick(bool send) {
       p.inflight = false;
       if (wc[i].status == IBV_WC_SUCCESS) {
         p.last_ok = now;
-      } else {
+      } else if (!PeerKnownFailed(q.peer)) {  // a probe in flight when the peer failed otherwise: its echo
         MarkPeerFailed(
             q.peer,
             internal::MakeError(

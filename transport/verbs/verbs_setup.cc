@@ -1,6 +1,7 @@
 // Setup of the ibverbs RdmaDomain: device and GID choice, heap registration, queues, the rank-record
 // exchange, connection (out-of-band or rdma_cm) and the public entry points of verbs_domain.h.
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/log.h"
 #include "core/tunables.h"
@@ -15,6 +16,8 @@ uint64_t Fnv1a(std::string_view s) {
   for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
   return h;
 }
+
+constexpr int kRxeMinAckTimeout = 17;
 
 }  // namespace
 
@@ -59,6 +62,18 @@ Status VerbsDomain::Init() {
     static std::atomic<bool> noted{false};
     if (!noted.exchange(true))
       EPX_INFO("rdma(verbs): {} is soft-RoCE: QP retry_cnt 7 means infinite there; using 6", dev_.name);
+  }
+  if (dev_.is_rxe() && std::getenv("EPX_IB_TIMEOUT") == nullptr && timeout_ < kRxeMinAckTimeout) {
+    // Soft-RoCE under emulation loses packets in bursts (the guest's link and timers stall while the host
+    // is busy: measured ~1000 retransmits per test run between two TCG guests) and counts its jiffy-based
+    // ACK timer in stalled time, so 6 retries of 67 ms (the default 14) ran out about once in three suite
+    // runs: a QP in the error state for a healthy peer. 2^17 * 4.096 us = 0.54 s per retry gives a ~4 s
+    // budget; a dead peer still fails within it (and the liveness probes use the same QPs' timers).
+    timeout_ = kRxeMinAckTimeout;
+    static std::atomic<bool> noted{false};
+    if (!noted.exchange(true))
+      EPX_INFO("rdma(verbs): {} is soft-RoCE: ACK timeout exponent {} (EPX_IB_TIMEOUT overrides)", dev_.name,
+               timeout_);
   }
   native_atomics_ = dev_.attr.atomic_cap != IBV_ATOMIC_NONE && rd_atom_ > 0 && force_emu != "1";
   EPX_RETURN_IF_ERROR(CreateQueues());

@@ -1,0 +1,564 @@
+// tests/fault/fault_worker.cc: the rank program of the fault matrix (fault_matrix_test.cc). Every rank
+// builds one Context, one NormalBuffer and one LlBuffer, then runs `--rounds` rounds of
+//   normal dispatch + combine (count exchange, send/forward/receive, return/forward/reduce), then
+//   low-latency dispatch + combine,
+// on small deterministic inputs (kernels/problem_gen.h). EPX_FAULT makes one rank SIGKILL itself at a
+// named point (core/fault.h); every survivor must then fail a call and report it here as
+//   fault-worker: rank R FAILED t_mono_ns=T in <call> (round N): <status>
+// on stderr and exit 3 at once (the test measures T against the victim's own t_mono_ns line). No
+// results are checked in this mode: the normal and low-latency suites do that; it only moves data.
+//
+// --mask: low-latency rounds only, on an LlBuffer with mask_on_failure, and every result IS checked,
+// bitwise, against kernels/ll_reference.h: the survivors of the EPX_FAULT victim must mask it and go on
+// (issue 7: "with masking on, survivors continue and their results equal the reference computed without
+// the dead rank"). Which reference applies to which call is decided by MaskWant() below from where the
+// victim dies; each survivor runs kMaskRoundsAfter more rounds after the round of the death, checks
+// MaskedRanks() == {victim} and exits 0 with
+//   fault-worker: rank R masked [V], N rounds checked after the death (...)
+// A wrong result prints "fault-worker: rank R CHECK FAILED ..." and the rank exits 4 after its rounds.
+// Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline).
+//
+//   fault_worker [--rounds N] [--mask] [--ll-channels C]
+//                                   prints "fault-worker: ready rank R pid P" once set up
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/fault.h"
+#include "core/log.h"
+#include "kernels/ll.h"
+#include "kernels/ll_reference.h"
+#include "kernels/normal.h"
+#include "kernels/problem_gen.h"
+#include "transport/context.h"
+
+namespace epx {
+namespace {
+
+long long MonoNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<long long>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+[[noreturn]] void Fail(int rank, const char* call, int round, const Status& s) {
+  const long long t = MonoNs();  // taken first: the moment the library returned the error
+  std::fflush(stdout);
+  std::fprintf(stderr, "fault-worker: rank %d FAILED t_mono_ns=%lld in %s (round %d): %s\n", rank, t, call,
+               round, s.ToString().c_str());
+  std::fflush(stderr);
+  // No destructors: a buffer whose call failed is not usable, and nothing here needs flushing.
+  ::_exit(3);
+}
+
+template <typename T>
+std::span<const T> As(const std::vector<uint8_t>& v) {
+  return {reinterpret_cast<const T*>(v.data()), v.size() / sizeof(T)};
+}
+
+// ---- --mask -----------------------------------------------------------------------------------------
+
+constexpr int kHidden = 256, kTopk = 4, kExpertsPerRank = 8, kTokens = 40;
+constexpr int kMaskRoundsAfter = 3;  // rounds each survivor runs after the round of the death
+constexpr bf16 kNan{0x7fc0};         // expert-output rows past count: a combine that read one would show
+
+std::atomic<int> g_me{-1};
+
+// Log sink of --mask: the library's lines go to stderr unchanged, but its mask warning ("low-latency: rank
+// X masks rank Y (mask_on_failure) ...") is followed by a line with the time it was logged, since log
+// lines carry none and the matrix reports the time from the victim's death to each survivor's mask.
+void StampMaskNotices(std::string_view line) {
+  const long long t = MonoNs();  // first: the moment the library logged it
+  std::string out(line);
+  const size_t at = out.find(" masks rank ");
+  if (at != std::string::npos && out.find("(mask_on_failure)") != std::string::npos)
+    out += fmt::format("fault-worker: rank {} mask notice: masks rank {} t_mono_ns={}\n", g_me.load(),
+                       std::atoi(out.c_str() + at + std::strlen(" masks rank ")), t);
+  (void)!::write(STDERR_FILENO, out.data(), out.size());  // one write: lines of other threads stay whole
+}
+
+// The problem as the reference sees it once rank v is gone (as in tests/kernels/ll_mask_mr_test.cc): its
+// tokens removed, every top-k slot naming one of its experts set to -1.
+LlRefProblem WithoutRank(const LlRefProblem& p, int v) {
+  LlRefProblem q = p;
+  const int El = p.num_experts / p.num_ranks;
+  q.num_tokens[v] = 0;
+  q.topk_idx[v].clear();
+  q.topk_weights[v].clear();
+  for (auto& idx : q.topk_idx)
+    for (int64_t& e : idx)
+      if (e >= 0 && e / El == v) e = -1;
+  return q;
+}
+
+// One low-latency round: every rank's inputs (a pure function of the round, so every rank builds the
+// same), the references with and without the victim, and how the round calls the buffer.
+struct LlRound {
+  std::unique_ptr<GeneratedProblem> gen;             // owns the rows that full.x_row points into
+  LlRefProblem full, without;                        // without == full when there is no victim
+  std::vector<LlRefDispatch> full_ref, without_ref;  // [R] what every rank must receive
+  LlDispatchOptions opt;
+  bool two_phase = false;
+  int combine_mode = 0;  // 0: out->x, 1: out= (caller span), 2: zero-copy (NextCombineBuffer)
+  uint64_t salt = 0;     // of the expert outputs
+};
+
+std::unique_ptr<LlRound> MakeLlRound(const Context& ctx, int round, int victim) {
+  const int R = ctx.world_size();
+  auto lr = std::make_unique<LlRound>();
+  ProblemSpec spec;
+  spec.num_ranks = R;
+  spec.local_size = ctx.placement().local_size;
+  spec.num_experts = kExpertsPerRank * R;
+  spec.hidden = kHidden;
+  spec.topk = kTopk;
+  spec.seed = 5000 + static_cast<uint64_t>(round);
+  spec.p_none = 0.1;           // -1 slots: combine must skip them as it skips the masked rank's experts
+  for (int r = 0; r < R; ++r)  // every 4th round one rank (the victim too, in time) sends nothing
+    spec.num_tokens.push_back(round % 4 == 3 && r == round % R ? 0 : kTokens - (5 * r + 3 * round) % 11);
+  lr->gen = std::make_unique<GeneratedProblem>(spec, -1);
+  const RefProblem& g = lr->gen->problem();
+  LlRefProblem& p = lr->full;
+  p.num_ranks = R;
+  p.num_experts = spec.num_experts;
+  p.hidden = kHidden;
+  p.topk = kTopk;
+  p.max_tokens = kTokens;
+  p.num_tokens = g.num_tokens;
+  p.topk_idx = g.topk_idx;
+  p.topk_weights = g.topk_weights;
+  p.x_row = [gen = lr->gen.get()](int r, int t) {
+    return reinterpret_cast<const bf16*>(gen->x(r).data()) + static_cast<size_t>(t) * kHidden;
+  };
+  lr->without = victim >= 0 ? WithoutRank(p, victim) : p;
+  // Rounds differ in payload, phases and combine output, so the death meets each of them somewhere.
+  lr->opt.use_fp8 = round % 4 == 1 || round % 4 == 2;
+  lr->two_phase = round % 2 == 1;
+  lr->combine_mode = round % 3;
+  lr->salt = 9000 + static_cast<uint64_t>(round);
+  for (int r = 0; r < R; ++r) {
+    auto f = LlReferenceDispatch(lr->full, r, lr->opt);
+    auto w = LlReferenceDispatch(lr->without, r, lr->opt);
+    if (!f.ok() || !w.ok()) {  // a bug of this generator, not of the library
+      std::fprintf(stderr, "fault-worker: reference dispatch failed: %s\n",
+                   (!f.ok() ? f.status() : w.status()).ToString().c_str());
+      ::_exit(2);
+    }
+    lr->full_ref.push_back(std::move(*f));
+    lr->without_ref.push_back(std::move(*w));
+  }
+  return lr;
+}
+
+// Source rank of row i of local expert e: the layout_range block that contains it (-1: none).
+int SourceOf(const LlRefDispatch& d, int R, int e, int i) {
+  if (d.layout_range.size() < static_cast<size_t>(e + 1) * R) return -1;
+  for (int s = 0; s < R; ++s) {
+    const int64_t r = d.layout_range[static_cast<size_t>(e) * R + s];
+    if (i >= LlRangeBegin(r) && i < LlRangeBegin(r) + LlRangeCount(r)) return s;
+  }
+  return -1;
+}
+
+// Expert outputs of `rank` as seen through dispatch output d: row i of local expert e = HashRow(salt,
+// global expert, source, token), a pure function of what the row answers. So a rank's outputs made from
+// its own (kernel) dispatch and the references' made from the reference dispatch agree row for row
+// whatever the layout, and the combine references need no data from other ranks.
+std::vector<bf16> HashOutputs(const LlRefDispatch& d, int R, int rank, uint64_t salt) {
+  const int El = d.local_experts, H = d.hidden;
+  std::vector<bf16> y(static_cast<size_t>(El) * d.rows * H, kNan);
+  if (d.count.size() != static_cast<size_t>(El) || d.src_info.size() != static_cast<size_t>(El) * d.rows)
+    return y;
+  for (int e = 0; e < El; ++e)
+    for (int i = 0; i < std::min(d.count[e], d.rows); ++i) {
+      const size_t row = static_cast<size_t>(e) * d.rows + i;
+      const int s = SourceOf(d, R, e, i), t = d.src_info[row];
+      if (s < 0 || t < 0) continue;  // a broken dispatch: its own check reports it
+      GeneratedProblem::HashRow(salt, rank * El + e, s, t, H, &y[row * H]);
+    }
+  return y;
+}
+
+// "" when the dispatch output equals the reference: shapes, count, layout_range and src_info (every row,
+// -1 past count) exactly, payload and scales of rows [0, count) bitwise (rows past count are unspecified,
+// kernels/ll.h); else the first difference.
+std::string DispatchDiff(const LlDispatchOutput& o, const LlRefDispatch& r) {
+  if (o.local_experts != r.local_experts || o.rows != r.rows || o.hidden != r.hidden ||
+      o.row_bytes != r.row_bytes || o.scale_row_bytes != r.scale_row_bytes)
+    return fmt::format("shape (E_local {}, rows {}, H {}, row {} B, scales {} B) vs ({}, {}, {}, {}, {})",
+                       o.local_experts, o.rows, o.hidden, o.row_bytes, o.scale_row_bytes, r.local_experts,
+                       r.rows, r.hidden, r.row_bytes, r.scale_row_bytes);
+  if (o.count != r.count)
+    return fmt::format("count [{}] vs [{}]", fmt::join(o.count, ","), fmt::join(r.count, ","));
+  if (o.layout_range != r.layout_range) {
+    std::string a, b;
+    for (size_t i = 0; i < r.layout_range.size() && i < o.layout_range.size(); ++i) {
+      a += fmt::format("{}+{} ", LlRangeBegin(o.layout_range[i]), LlRangeCount(o.layout_range[i]));
+      b += fmt::format("{}+{} ", LlRangeBegin(r.layout_range[i]), LlRangeCount(r.layout_range[i]));
+    }
+    return "layout_range (begin+count) [" + a + "] vs [" + b + "]";
+  }
+  if (o.src_info != r.src_info) {
+    size_t i = 0;
+    while (i < o.src_info.size() && i < r.src_info.size() && o.src_info[i] == r.src_info[i]) ++i;
+    return fmt::format("src_info differs first at row {} of local expert {}", i % r.rows, i / r.rows);
+  }
+  const size_t total = static_cast<size_t>(r.local_experts) * r.rows;
+  if (o.x.size() < total * r.row_bytes || o.scales.size() < total * r.scale_row_bytes)
+    return fmt::format("x has {} B, scales {} B", o.x.size(), o.scales.size());
+  int bad = 0;
+  std::string first;
+  for (int e = 0; e < r.local_experts; ++e)
+    for (int i = 0; i < r.count[e]; ++i) {
+      const size_t row = static_cast<size_t>(e) * r.rows + i;
+      const bool x_ok = std::memcmp(o.x.data() + row * r.row_bytes, r.row(e, i), r.row_bytes) == 0;
+      const bool s_ok = r.scale_row_bytes == 0 ||
+                        std::memcmp(o.scales.data() + row * r.scale_row_bytes,
+                                    r.scales.data() + row * r.scale_row_bytes, r.scale_row_bytes) == 0;
+      if ((!x_ok || !s_ok) && bad++ == 0)
+        first = fmt::format("local expert {} row {} ({})", e, i, x_ok ? "scales" : "payload");
+    }
+  return bad == 0 ? "" : fmt::format("{} rows differ, first {}", bad, first);
+}
+
+// "" when the combine output equals the reference bitwise; else the first difference.
+std::string CombineDiff(std::span<const bf16> got, const std::vector<bf16>& ref) {
+  if (got.size() != ref.size()) return fmt::format("{} elements vs {}", got.size(), ref.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (got[i].bits != ref[i].bits && bad++ == 0) first = i;
+  return bad == 0 ? ""
+                  : fmt::format("{} elements differ, first token {} column {}: {:#06x} vs {:#06x}", bad,
+                                first / kHidden, first % kHidden, got[first].bits, ref[first].bits);
+}
+
+// Source `me`'s combine reference of problem p, the expert outputs made from p's reference dispatch.
+std::vector<bf16> CombineRef(const LlRefProblem& p, const std::vector<LlRefDispatch>& refs, int me,
+                             uint64_t salt) {
+  std::vector<std::vector<bf16>> ys;
+  for (int r = 0; r < p.num_ranks; ++r) ys.push_back(HashOutputs(refs[r], p.num_ranks, r, salt));
+  const int rows = p.rows_per_expert();
+  auto ref = LlReferenceCombine(p, me, [&](int r, int e, int row) {
+    return ys[r].data() + (static_cast<size_t>(e) * rows + row) * kHidden;
+  });
+  if (!ref.ok()) {
+    std::fprintf(stderr, "fault-worker: reference combine failed: %s\n", ref.status().ToString().c_str());
+    ::_exit(2);
+  }
+  return std::move(*ref);
+}
+
+// Which reference a survivor's result must equal. LL calls are numbered in order: the dispatch of round r
+// is call 2r, its combine 2r + 1; the victim dies in call X (DeathCall). With v the victim:
+//   c <= X - 2  kFull: the victim was alive and unmasked until the call returned: the victim got into
+//               call X only after its receive phase of X - 1, which needs every survivor's send phase
+//               of X - 1, which a survivor starts only once its call X - 2 returned.
+//   c == X - 1  kEither: a survivor may still be in its receive phase of X - 1 when the victim dies, see
+//               the death (transport/liveness.h) while waiting for another peer and mask it: it then
+//               drops the victim's part of that call (kernels/ll.h "Masking": the dispatch receive phase
+//               runs again without it, combine sums no row of a masked rank).
+//   c == X      at a .send point kWithout: the victim posted nothing of call X (the points are before any
+//               count, row or done flag; with several channels, other channels of the victim may have
+//               posted part of it, and the receive phase that misses the rest must drop all of it);
+//               at a .recv point kEither: it posted all of call X and died before its receive phase.
+//   c > X       kWithout: the victim takes no part any more.
+// kFull means: equal to the reference with the victim AND MaskedRanks() empty after the call; kWithout:
+// equal to the reference without the victim AND MaskedRanks() == {v}; kEither: one of the two (never a
+// mix: a result with part of the victim's contribution matches neither).
+enum class Want { kFull, kWithout, kEither };
+const char* WantName(Want w) {
+  return w == Want::kFull      ? "the reference with the victim, victim unmasked"
+         : w == Want::kWithout ? "the reference without the victim, victim masked"
+                               : "either reference (with the victim and unmasked, or without it and masked)";
+}
+
+bool IsSendPoint(FaultPoint p) {
+  return p == FaultPoint::kLlDispatchSend || p == FaultPoint::kLlCombineSend;
+}
+
+// The call in which the victim dies. The .send points are hit once per channel per call (in the
+// per-channel lambda of kernels/ll_dispatch.cc and ll_combine.cc), the .recv points once per call, and
+// EPX_FAULT's after counts hits over all threads of the process.
+int DeathCall(const FaultSpec& f, int channels) {
+  const bool combine = f.point == FaultPoint::kLlCombineSend || f.point == FaultPoint::kLlCombineRecv;
+  const int round = static_cast<int>((f.after - 1) / (IsSendPoint(f.point) ? channels : 1));
+  return 2 * round + (combine ? 1 : 0);
+}
+
+Want MaskWant(const FaultSpec& f, int death_call, int call) {
+  if (!f.enabled() || call <= death_call - 2) return Want::kFull;
+  if (call == death_call - 1) return Want::kEither;
+  if (call == death_call) return IsSendPoint(f.point) ? Want::kWithout : Want::kEither;
+  return Want::kWithout;
+}
+
+struct MaskChecker {
+  LlBuffer& lb;
+  int me;
+  FaultSpec fault;
+  int death_call;
+  int failures = 0;
+  bool saw_mask = false;
+
+  // Checks one call's result given its differences from the two references ("" = equal).
+  void Check(int call, int round, const char* what, const std::string& vs_full,
+             const std::string& vs_without) {
+    const std::vector<int> masked = lb.MaskedRanks();
+    if (!masked.empty() && !saw_mask) {
+      saw_mask = true;  // the time is an upper bound of the mask: the call had to return first
+      std::printf("fault-worker: rank %d sees MaskedRanks [%s] t_mono_ns=%lld after round %d %s\n", me,
+                  fmt::format("{}", fmt::join(masked, ",")).c_str(), MonoNs(), round, what);
+    }
+    const int v = fault.rank;
+    const bool unmasked = masked.empty(), only_v = v >= 0 && masked == std::vector<int>{v};
+    const bool ok_full = vs_full.empty() && unmasked, ok_without = vs_without.empty() && only_v;
+    const Want want = MaskWant(fault, death_call, call);
+    const bool pass = want == Want::kFull      ? ok_full
+                      : want == Want::kWithout ? ok_without
+                                               : ok_full || ok_without;
+    if (!pass) {
+      ++failures;
+      std::printf(
+          "fault-worker: rank %d CHECK FAILED round %d %s (call %d; the victim dies in call %d): expected "
+          "%s; "
+          "MaskedRanks [%s]; vs the reference with the victim: %s; vs the reference without it: %s\n",
+          me, round, what, call, death_call, WantName(want),
+          fmt::format("{}", fmt::join(masked, ",")).c_str(), vs_full.empty() ? "equal" : vs_full.c_str(),
+          vs_without.empty() ? "equal" : vs_without.c_str());
+    } else if (want == Want::kEither) {
+      std::printf("fault-worker: rank %d round %d %s (call %d, the victim dies in call %d): %s\n", me, round,
+                  what, call, death_call,
+                  ok_full && ok_without ? "the same with or without the victim"
+                  : ok_full             ? "with the victim's part (not masked yet)"
+                                        : "without the victim (masked during the call)");
+    }
+  }
+};
+
+int RunMasked(Context& ctx, int rounds, int channels) {
+  const int me = ctx.rank(), R = ctx.world_size();
+  auto fault = ParseFaultSpec(std::getenv("EPX_FAULT") ? std::getenv("EPX_FAULT") : "");
+  if (!fault.ok()) Fail(me, "EPX_FAULT", -1, fault.status());
+  const bool faulty = fault->enabled();
+  if (faulty && fault->point != FaultPoint::kLlDispatchSend && fault->point != FaultPoint::kLlDispatchRecv &&
+      fault->point != FaultPoint::kLlCombineSend && fault->point != FaultPoint::kLlCombineRecv) {
+    std::fprintf(stderr,
+                 "fault-worker: --mask runs low-latency calls only: EPX_FAULT point %s is never hit\n",
+                 FaultPointName(fault->point));
+    return 2;
+  }
+  const int death_call = faulty ? DeathCall(*fault, channels) : -1;
+  const int death_round = death_call / 2;
+  if (faulty) rounds = death_round + 1 + kMaskRoundsAfter;
+
+  LowLatencyConfig lcfg;
+  lcfg.max_tokens = kTokens;
+  lcfg.hidden = kHidden;
+  lcfg.topk = kTopk;
+  lcfg.num_experts = kExpertsPerRank * R;
+  lcfg.depth = 2;  // the rotation wraps every round: the release waits must skip the dead rank too
+  lcfg.use_fp8 = false;
+  lcfg.mask_on_failure = true;
+  auto made = LlBuffer::Create(ctx, lcfg, channels);
+  if (!made.ok()) Fail(me, "LlBuffer::Create", -1, made.status());
+  LlBuffer& lb = **made;
+  if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
+
+  MaskChecker check{lb, me, *fault, death_call};
+  int checked_after = 0;
+  for (int round = 0; round < rounds; ++round) {
+    const auto lr = MakeLlRound(ctx, round, fault->rank);
+    const LlRefProblem& p = lr->full;
+    LlDispatchInput in;
+    in.num_tokens = p.num_tokens[me];
+    in.hidden = kHidden;
+    in.x = As<bf16>(lr->gen->x(me));
+    in.topk = kTopk;
+    in.topk_idx = p.topk_idx[me];
+    in.use_fp8 = lr->opt.use_fp8;
+    LlDispatchOutput out;
+    LlHandle h;
+    LlHook hook;
+    Status s = lb.Dispatch(in, &out, &h, lr->two_phase ? &hook : nullptr);
+    if (s.ok() && lr->two_phase) s = lb.Receive(&hook);
+    if (!s.ok()) Fail(me, "low-latency dispatch", round, s);
+    check.Check(2 * round, round, lr->two_phase ? "dispatch (two-phase)" : "dispatch",
+                DispatchDiff(out, lr->full_ref[me]), DispatchDiff(out, lr->without_ref[me]));
+
+    // Expert outputs from this rank's own dispatch output: whatever it received is answered.
+    const std::vector<bf16> y = HashOutputs(out, R, me, lr->salt);
+    LlCombineInput cin;
+    cin.topk_weights = p.topk_weights[me];
+    LlCombineOutput cout;
+    std::vector<bf16> caller;
+    if (lr->combine_mode == 2) {
+      auto rows = lb.NextCombineBuffer();
+      if (!rows.ok()) Fail(me, "low-latency NextCombineBuffer", round, rows.status());
+      const size_t stride = lb.combine_row_stride(), n = y.size() / kHidden;
+      for (size_t r = 0; r < n; ++r) std::copy_n(&y[r * kHidden], kHidden, rows->data() + r * stride);
+      cin.zero_copy = true;
+    } else {
+      cin.y = y;
+    }
+    if (lr->combine_mode == 1) {
+      caller.assign(static_cast<size_t>(in.num_tokens) * kHidden, kNan);
+      cout.out = caller;
+    }
+    LlHook chook;
+    s = lb.Combine(h, cin, &cout, lr->two_phase ? &chook : nullptr);
+    if (s.ok() && lr->two_phase) s = lb.Receive(&chook);
+    if (!s.ok()) Fail(me, "low-latency combine", round, s);
+    const std::span<const bf16> got = lr->combine_mode == 1 ? std::span<const bf16>(caller) : cout.x;
+    static constexpr const char* kModes[] = {"out->x", "out=", "zero-copy"};
+    const std::string what =
+        fmt::format("combine ({}{})", kModes[lr->combine_mode], lr->two_phase ? ", two-phase" : "");
+    check.Check(2 * round + 1, round, what.c_str(),
+                CombineDiff(got, CombineRef(lr->full, lr->full_ref, me, lr->salt)),
+                CombineDiff(got, CombineRef(lr->without, lr->without_ref, me, lr->salt)));
+    if (faulty && 2 * round > death_call) ++checked_after;
+  }
+
+  if (!faulty) {
+    if (!lb.MaskedRanks().empty() || check.failures > 0) {
+      std::printf("fault-worker: rank %d: %d check(s) failed, MaskedRanks [%s] (nobody died)\n", me,
+                  check.failures, fmt::format("{}", fmt::join(lb.MaskedRanks(), ",")).c_str());
+      return 4;
+    }
+    std::printf("fault-worker: rank %d done (%d rounds, every result checked)\n", me, rounds);
+    if (Status s = ctx.bootstrap().Barrier("fault-worker-end"); !s.ok()) Fail(me, "final barrier", rounds, s);
+    return 0;
+  }
+  // A survivor (the victim never gets here): no bootstrap call any more, the victim is gone for good.
+  const std::vector<int> masked = lb.MaskedRanks();
+  if (masked != std::vector<int>{fault->rank}) {
+    ++check.failures;
+    std::printf("fault-worker: rank %d CHECK FAILED at the end: MaskedRanks [%s], expected [%d]\n", me,
+                fmt::format("{}", fmt::join(masked, ",")).c_str(), fault->rank);
+  }
+  if (check.failures > 0) {
+    std::printf("fault-worker: rank %d: %d check(s) failed\n", me, check.failures);
+    return 4;
+  }
+  std::printf(
+      "fault-worker: rank %d masked [%s], %d rounds checked after the death (it died in round %d, "
+      "%d round(s) in all)\n",
+      me, fmt::format("{}", fmt::join(masked, ",")).c_str(), checked_after, death_round, rounds);
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  int rounds = 3, ll_channels = 1;
+  bool mask = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+      rounds = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--ll-channels") == 0 && i + 1 < argc) {
+      ll_channels = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--mask") == 0) {
+      mask = true;
+    } else {
+      std::fprintf(stderr, "fault-worker: unknown argument '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (mask) SetLogSink(&StampMaskNotices);  // before any thread of the library exists
+
+  auto ctx_or = Context::Create();
+  if (!ctx_or.ok()) {
+    std::fprintf(stderr, "fault-worker: context setup failed: %s\n", ctx_or.status().ToString().c_str());
+    return 2;
+  }
+  Context& ctx = **ctx_or;
+  const int me = ctx.rank(), R = ctx.world_size();
+  std::printf("fault-worker: ready rank %d pid %d\n", me, static_cast<int>(::getpid()));
+  g_me = me;
+  if (mask) return RunMasked(ctx, rounds, ll_channels);
+
+  auto ncfg = NormalConfig::FromEnv();
+  if (!ncfg.ok()) Fail(me, "NormalConfig::FromEnv", -1, ncfg.status());
+  // Two channels unless the environment says otherwise: the abort path between channels is exercised.
+  if (std::getenv("EPX_NORMAL_CHANNELS") == nullptr) ncfg->num_channels = 2;
+  auto nb = NormalBuffer::Create(ctx, *ncfg, NormalLimits{kHidden, kTopk, kExpertsPerRank});
+  if (!nb.ok()) Fail(me, "NormalBuffer::Create", -1, nb.status());
+  LowLatencyConfig lcfg;
+  lcfg.max_tokens = kTokens;
+  lcfg.hidden = kHidden;
+  lcfg.topk = kTopk;
+  lcfg.num_experts = kExpertsPerRank * R;
+  lcfg.depth = 2;
+  lcfg.use_fp8 = false;
+  auto lb = LlBuffer::Create(ctx, lcfg, 1);
+  if (!lb.ok()) Fail(me, "LlBuffer::Create", -1, lb.status());
+  if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
+
+  for (int round = 0; round < rounds; ++round) {
+    ProblemSpec spec;
+    spec.num_ranks = R;
+    spec.local_size = ctx.placement().local_size;
+    spec.num_experts = kExpertsPerRank * R;
+    spec.hidden = kHidden;
+    spec.topk = kTopk;
+    spec.seed = 1000 + static_cast<uint64_t>(round);
+    for (int r = 0; r < R; ++r) spec.num_tokens.push_back(kTokens - (3 * r + round) % 7);
+    GeneratedProblem g(spec, me);
+    const RefProblem& p = g.problem();
+
+    // Normal mode: count exchange, dispatch, combine of the received rows.
+    DispatchInput in;
+    in.num_tokens = p.num_tokens[me];
+    in.hidden = kHidden;
+    in.dtype = TokenDtype::kBf16;
+    in.x = g.x(me);
+    in.num_experts = p.num_experts;
+    in.topk = kTopk;
+    in.topk_idx = p.topk_idx[me];
+    in.topk_weights = p.topk_weights[me];
+    DispatchOutput out;
+    NormalHandle h;
+    if (Status s = (*nb)->Dispatch(in, &out, &h); !s.ok()) Fail(me, "normal dispatch", round, s);
+    CombineInput cin;
+    cin.hidden = kHidden;
+    cin.y = As<bf16>(out.x).first(static_cast<size_t>(out.num_recv_tokens) * kHidden);
+    CombineOutput cout;
+    if (Status s = (*nb)->Combine(h, cin, &cout); !s.ok()) Fail(me, "normal combine", round, s);
+
+    // Low-latency mode: the same tokens (BF16), combined back with their weights.
+    LlDispatchInput lin;
+    lin.num_tokens = p.num_tokens[me];
+    lin.hidden = kHidden;
+    lin.x = As<bf16>(g.x(me));
+    lin.topk = kTopk;
+    lin.topk_idx = p.topk_idx[me];
+    lin.use_fp8 = false;
+    LlDispatchOutput lout;
+    LlHandle lh;
+    if (Status s = (*lb)->Dispatch(lin, &lout, &lh); !s.ok()) Fail(me, "low-latency dispatch", round, s);
+    LlCombineInput lcin;
+    lcin.y = As<bf16>(lout.x);
+    lcin.topk_weights = p.topk_weights[me];
+    LlCombineOutput lcout;
+    if (Status s = (*lb)->Combine(lh, lcin, &lcout); !s.ok()) Fail(me, "low-latency combine", round, s);
+  }
+  std::printf("fault-worker: rank %d done (%d rounds)\n", me, rounds);
+  if (Status s = ctx.bootstrap().Barrier("fault-worker-end"); !s.ok()) Fail(me, "final barrier", rounds, s);
+  return 0;
+}
+
+}  // namespace
+}  // namespace epx
+
+int main(int argc, char** argv) {
+  return epx::Main(argc, argv);
+}
