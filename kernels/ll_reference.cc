@@ -149,4 +149,16 @@ StatusOr<std::vector<bf16>> LlReferenceCombine(const LlRefProblem& p, int src, c
   return out;
 }
 
+LlRefProblem LlReferenceWithoutRank(const LlRefProblem& p, int rank) {
+  LlRefProblem q = p;
+  const int El = p.num_experts / p.num_ranks;
+  q.num_tokens[rank] = 0;
+  q.topk_idx[rank].clear();
+  q.topk_weights[rank].clear();
+  for (auto& idx : q.topk_idx)
+    for (int64_t& e : idx)
+      if (e >= 0 && e / El == rank) e = -1;
+  return q;
+}
+
 }  // namespace epx

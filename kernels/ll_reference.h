@@ -86,6 +86,10 @@ StatusOr<LlRefDispatch> LlReferenceDispatch(const LlRefProblem& p, int rank, con
 // when the token does not select it. O(R * T_max * K): for tests, not for hot loops.
 int LlRowOf(const LlRefProblem& p, int src, int token, int64_t expert);
 
+// The problem as the survivors of a masked rank see it (kernels/ll.h "Masking"): `rank` has no tokens and
+// every top-k slot naming one of its experts is -1. Rows are still reached through p.x_row.
+LlRefProblem LlReferenceWithoutRank(const LlRefProblem& p, int rank);
+
 // Expert output row `row` of local expert `local_expert` on rank `rank` (BF16, H elements).
 using LlExpertOutput = std::function<const bf16*(int rank, int local_expert, int row)>;
 

@@ -110,4 +110,16 @@ RefCombine ReferenceCombine(const RefProblem& p, const RefRouting& route, int sr
   return c;
 }
 
+RefProblem ReferenceWithoutRank(const RefProblem& p, int rank) {
+  RefProblem q = p;
+  const int epr = p.num_experts / p.num_ranks;
+  q.num_tokens[rank] = 0;
+  q.topk_idx[rank].clear();
+  if (q.with_weights) q.topk_weights[rank].clear();
+  for (auto& idx : q.topk_idx)
+    for (int64_t& e : idx)
+      if (e >= 0 && e / epr == rank) e = -1;
+  return q;
+}
+
 }  // namespace epx

@@ -47,6 +47,10 @@ struct RefRouting {
 };
 StatusOr<RefRouting> ReferenceRouting(const RefProblem& p);
 
+// The problem as the survivors of a masked rank see it (NormalBuffer::MaskRank): `rank` has no tokens and
+// every top-k slot naming one of its experts is -1. Rows are still reached through p.x_row.
+RefProblem ReferenceWithoutRank(const RefProblem& p, int rank);
+
 // What rank `rank` must receive.
 struct RefDispatch {
   int num_rows = 0;

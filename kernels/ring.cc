@@ -37,6 +37,11 @@ StatusOr<uint64_t> RingEnd::ReadOwn(const std::atomic<uint64_t>* word, size_t co
   return v - base_;
 }
 
+Status RingEnd::BadCounter(const char* what, uint64_t value, uint64_t own) const {
+  return EPX_ERROR(kInternal, "{}: rank {} moved the {} to {}, impossible against this end's {} of {} slots",
+                   Name(), what[0] == 'c' ? spec_.receiver : spec_.sender, what, value, own, spec_.num_slots);
+}
+
 std::string RingEnd::Name() const {
   return fmt::format("{} ring {}->{}", rdma_ ? "rdma" : "shm", spec_.sender, spec_.receiver);
 }

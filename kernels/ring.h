@@ -61,6 +61,8 @@ class RingEnd {
   // The counter this end owns, as the peer last moved it: shm word (acquire) or RDMA counter - base.
   StatusOr<uint64_t> ReadOwn(const std::atomic<uint64_t>* word, size_t counter_off) const;
   std::string Name() const;
+  // kInternal naming the ring and the impossible value a peer left in `what` (out of line: cold).
+  Status BadCounter(const char* what, uint64_t value, uint64_t own) const;
   std::string Fresh(const std::atomic<uint64_t>* word, size_t counter_off) const;  // ReadOwn for diagnostics
 
   RingSpec spec_;
@@ -85,6 +87,10 @@ class RingSender : public RingEnd {
   StatusOr<bool> HasRoom() {
     if (written_ - credit_ < spec_.num_slots) return true;
     EPX_ASSIGN_OR_RETURN(credit_, ReadOwn(credit_word_, spec_.credit_off));
+    // The credit is the peer's word: more credit than messages written would make the unsigned
+    // difference wrap and the ring look full for ever (or overwrite unread slots).
+    if (credit_ > written_) [[unlikely]]
+      return BadCounter("credit", credit_, written_);
     return written_ - credit_ < spec_.num_slots;
   }
   // Where the next message is written (valid after HasRoom() returned true): the receiver's slot
@@ -112,6 +118,9 @@ class RingReceiver : public RingEnd {
   StatusOr<uint64_t> Available() {
     if (tail_ == head_) {
       EPX_ASSIGN_OR_RETURN(tail_, ReadOwn(tail_word_, spec_.tail_off));
+      // The tail is the peer's word: it can never be behind what we consumed nor more than S ahead.
+      if (tail_ < head_ || tail_ - head_ > spec_.num_slots) [[unlikely]]
+        return BadCounter("tail", tail_, head_);
     }
     return tail_ - head_;
   }

@@ -23,19 +23,6 @@ LowLatencyConfig MaskConfig(bool on_failure, int64_t timeout_ms) {
   return c;
 }
 
-// The problem as the reference sees it once rank v is gone.
-LlRefProblem WithoutRank(const LlRefProblem& p, int v) {
-  LlRefProblem q = p;
-  const int El = p.num_experts / p.num_ranks;
-  q.num_tokens[v] = 0;
-  q.topk_idx[v].clear();
-  q.topk_weights[v].clear();
-  for (auto& idx : q.topk_idx)
-    for (int64_t& e : idx)
-      if (e >= 0 && e / El == v) e = -1;
-  return q;
-}
-
 // A trial whose INPUT is the full problem (survivors still route tokens to the victim's experts: the
 // kernels must drop them) and whose references are those of the problem without the victim.
 std::unique_ptr<Trial> MaskedTrial(const LlBuffer& buf, uint64_t seed, bool fp8, int v) {
@@ -47,7 +34,7 @@ std::unique_ptr<Trial> MaskedTrial(const LlBuffer& buf, uint64_t seed, bool fp8,
   return run;
 }
 void UseReferenceWithout(Trial& run, int v) {
-  run.pr.p = WithoutRank(run.pr.p, v);
+  run.pr.p = LlReferenceWithoutRank(run.pr.p, v);
   run.refs.clear();
   for (int r = 0; r < Ctx().world_size(); ++r) {
     auto ref = LlReferenceDispatch(run.pr.p, r, run.opt);

@@ -508,19 +508,6 @@ TEST(NormalMr, ZeroCopyInputsMatchTheReference) {
   EXPECT_NE(st.message().find("max_zero_copy_tokens = 0"), std::string::npos) << st.message();
 }
 
-// The problem without rank v: its tokens gone, every top-k slot naming one of its experts -1.
-std::unique_ptr<RefProblem> WithoutRank(const RefProblem& full, int v) {
-  auto p = std::make_unique<RefProblem>(full);
-  const int epr = p->num_experts / p->num_ranks;
-  p->num_tokens[v] = 0;
-  p->topk_idx[v].clear();
-  if (p->with_weights) p->topk_weights[v].clear();
-  for (auto& idx : p->topk_idx)
-    for (int64_t& e : idx)
-      if (e >= 0 && e / epr == v) e = -1;
-  return p;
-}
-
 // Rank masking (one node): the last rank is masked by the others and makes no call on this buffer; the
 // survivors' inputs still route tokens to its experts. Dispatch and combine equal the reference without
 // it, bitwise, for several shapes; a handle from before a mask change is refused; unmasking a rank a call
@@ -560,7 +547,7 @@ TEST(NormalMr, MaskedRankIsSkippedAndResultsMatchTheReferenceWithoutIt) {
       s.dtype = i == 2 ? TokenDtype::kFp8 : TokenDtype::kBf16;
       Trial run;
       run.g = std::make_unique<GeneratedProblem>(SpecOf(s, 1100 + i), me);
-      run.ref = WithoutRank(run.g->problem(), v);
+      run.ref = std::make_unique<RefProblem>(ReferenceWithoutRank(run.g->problem(), v));
       auto route = ReferenceRouting(*run.ref);
       ASSERT_TRUE(route.ok()) << route.status().ToString();
       run.route = std::move(*route);
