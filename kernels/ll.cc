@@ -267,7 +267,7 @@ Status ClaimBuffer(LlState& st, int b) {
       return fmt::format("release of buffer {} before call {} (rank {} has not received call {} yet)", b, n, p,
                          n - st.D());
     }).status();
-    if (s.ok()) continue;
+    if (s.ok() || st.Masked(p)) continue;  // masked meanwhile: not awaited any more
     EPX_RETURN_IF_ERROR(st.MaskOnFailure(p, std::move(s)));
     if (!st.Masked(p)) --p;  // another rank died and is masked now: wait for p again
   }

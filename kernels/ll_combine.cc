@@ -60,7 +60,7 @@ Status LlCombineRecv(LlState& st, int b) {
     Status s = st.WaitGE(d, st.Done(b, d), p.done_target, &st.wait_ns[0][d], [&] {
       return fmt::format("combine rows from rank {} (buffer {}, call {})", d, b, p.call);
     }).status();
-    if (s.ok()) continue;
+    if (s.ok() || st.Masked(d)) continue;  // masked meanwhile: not awaited any more
     EPX_RETURN_IF_ERROR(st.MaskOnFailure(d, std::move(s)));
     if (!st.Masked(d)) --d;  // another rank died and is masked now: wait for d again
   }

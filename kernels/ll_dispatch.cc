@@ -120,8 +120,9 @@ Status LlDispatchRecv(LlState& st, int b) {
                              p.call);
         });
         if (!got.ok()) {
-          // Masked now (mask_on_failure): the caller runs the phase again without s. Otherwise the error.
-          EPX_RETURN_IF_ERROR(st.MaskOnFailure(s, got.status()));
+          // Masked now (here, or by another channel: mask_on_failure): the caller runs the phase again
+          // without s. Otherwise the error.
+          if (!st.Masked(s)) EPX_RETURN_IF_ERROR(st.MaskOnFailure(s, got.status()));
           return Status(Code::kFailedPrecondition, "mask changed");  // not logged: replaced by the re-run
         }
         const uint64_t v = *got;

@@ -130,7 +130,7 @@ struct LlState {
     return rdma->ReadCounter(off);
   }
   // Waits until the counter at `off` (written by `writer`) is >= target, adding the time waited to
-  // *waited_ns. diag() names what was awaited; it is only evaluated when the first read falls short.
+  // *waited_ns. Ends early (unlogged kFailedPrecondition) once `writer` is masked by another thread. diag() names what was awaited; it is only evaluated when the first read falls short.
   // Remote counters wait in the RDMA domain, which also probes peers and names a dead one early.
   template <typename Diag>
   StatusOr<uint64_t> WaitGE(int writer, size_t off, uint64_t target, uint64_t* waited_ns, Diag&& diag) {
@@ -143,6 +143,9 @@ struct LlState {
       for (uint32_t i = 0;; ++i) {
         v = ctx.node().AtomicLoad(rank, off);
         if (v >= target) break;
+        // Another channel masked the writer (mask_on_failure): this wait is moot (kernels/ll.h "Masking").
+        if ((i & 63) == 63 && Masked(writer)) [[unlikely]]
+          return Status(Code::kFailedPrecondition, "masked");
         if ((i & 63) == 63 && deadline.Expired())
           return EPX_ERROR(kTimeout, "low-latency: rank {} waited {} ms for rank {}: {} (counter {} < {})", rank,
                            timeout_ms, writer, diag(), v, target);
@@ -157,8 +160,10 @@ struct LlState {
         backoff.Pause();
       }
     } else {
-      EPX_RETURN_IF_ERROR(rdma->WaitCounter(
-          off, target, fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer, diag())));
+      EPX_RETURN_IF_ERROR(rdma->WaitCounter(off, target,
+                                            fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer,
+                                                        diag()),
+                                            &masked[static_cast<size_t>(writer)]));
       EPX_ASSIGN_OR_RETURN(v, rdma->ReadCounter(off));
     }
     *waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();

@@ -99,8 +99,10 @@ class RdmaDomain {
   // Local counter (in this rank's counter area) as updated by peers' FetchAdd/Signal.
   virtual StatusOr<uint64_t> ReadCounter(size_t local_off) = 0;
   // Waits (with back-off, deadline EPX_TIMEOUT) until the counter >= target; the error names `what`,
-  // the counter and its value.
-  virtual Status WaitCounter(size_t local_off, uint64_t target, std::string_view what) = 0;
+  // the counter and its value. `cancel`: a byte another thread may set (atomic store) to end the wait
+  // early with kFailedPrecondition "cancelled" (checked on the slow path; e.g. the writer was masked).
+  virtual Status WaitCounter(size_t local_off, uint64_t target, std::string_view what,
+                             const uint8_t* cancel = nullptr) = 0;
   // Collects arrived write-with-immediate events without blocking; returns how many were stored.
   virtual StatusOr<size_t> PollImm(std::span<ImmEvent> out) = 0;
 };

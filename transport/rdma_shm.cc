@@ -88,18 +88,22 @@ class ShmRdmaDomain final : public RdmaDomain {
     return Word(heap_.base(), local_off).load(std::memory_order_acquire);
   }
 
-  Status WaitCounter(size_t local_off, uint64_t target, std::string_view what) override {
+  Status WaitCounter(size_t local_off, uint64_t target, std::string_view what,
+                     const uint8_t* cancel = nullptr) override {
     EPX_RETURN_IF_ERROR(CheckCounter(0, ctx_.rank(), local_off, "wait_counter"));
     auto& w = Word(heap_.base(), local_off);
+    const auto cancelled = [&] { return cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0; };
     // The writers are processes of this host: a dead one is named by the Context's liveness watch.
-    return WaitUntil([&] { return w.load(std::memory_order_acquire) >= target; },
+    EPX_RETURN_IF_ERROR(WaitUntil([&] { return w.load(std::memory_order_acquire) >= target || cancelled(); },
                      Deadline::After(std::chrono::milliseconds(opts_.timeout_ms)),
                      [&](int64_t ms) {
                        return fmt::format(
                            "{}: rank {} waited {} ms for counter at offset {} to reach {} (at {})", what,
                            ctx_.rank(), ms, local_off, target, w.load(std::memory_order_acquire));
                      },
-                     &ctx_.liveness(), what);
+                     &ctx_.liveness(), what));
+    if (w.load(std::memory_order_acquire) < target) return Status(Code::kFailedPrecondition, "cancelled");
+    return Status::Ok();
   }
 
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override {

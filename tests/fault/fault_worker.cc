@@ -88,20 +88,6 @@ void StampMaskNotices(std::string_view line) {
   (void)!::write(STDERR_FILENO, out.data(), out.size());  // one write: lines of other threads stay whole
 }
 
-// The problem as the reference sees it once rank v is gone (as in tests/kernels/ll_mask_mr_test.cc): its
-// tokens removed, every top-k slot naming one of its experts set to -1.
-LlRefProblem WithoutRank(const LlRefProblem& p, int v) {
-  LlRefProblem q = p;
-  const int El = p.num_experts / p.num_ranks;
-  q.num_tokens[v] = 0;
-  q.topk_idx[v].clear();
-  q.topk_weights[v].clear();
-  for (auto& idx : q.topk_idx)
-    for (int64_t& e : idx)
-      if (e >= 0 && e / El == v) e = -1;
-  return q;
-}
-
 // One low-latency round: every rank's inputs (a pure function of the round, so every rank builds the
 // same), the references with and without the victim, and how the round calls the buffer.
 struct LlRound {
@@ -141,7 +127,7 @@ std::unique_ptr<LlRound> MakeLlRound(const Context& ctx, int round, int victim) 
   p.x_row = [gen = lr->gen.get()](int r, int t) {
     return reinterpret_cast<const bf16*>(gen->x(r).data()) + static_cast<size_t>(t) * kHidden;
   };
-  lr->without = victim >= 0 ? WithoutRank(p, victim) : p;
+  lr->without = victim >= 0 ? LlReferenceWithoutRank(p, victim) : p;
   // Rounds differ in payload, phases and combine output, so the death meets each of them somewhere.
   lr->opt.use_fp8 = round % 4 == 1 || round % 4 == 2;
   lr->two_phase = round % 2 == 1;
@@ -268,10 +254,15 @@ std::vector<bf16> CombineRef(const LlRefProblem& p, const std::vector<LlRefDispa
 //               the death (transport/liveness.h) while waiting for another peer and mask it: it then
 //               drops the victim's part of that call (kernels/ll.h "Masking": the dispatch receive phase
 //               runs again without it, combine sums no row of a masked rank).
-//   c == X      at a .send point kWithout: the victim posted nothing of call X (the points are before any
-//               count, row or done flag; with several channels, other channels of the victim may have
-//               posted part of it, and the receive phase that misses the rest must drop all of it);
-//               at a .recv point kEither: it posted all of call X and died before its receive phase.
+//   c == X      ll.dispatch.send: kWithout. The point is before any count; the killing channel posted
+//               none of its experts' counts, and every survivor has local experts of every victim
+//               channel (E_local = 8 >= channels, experts e % C == c on channel c), so whatever the other
+//               channels posted, each survivor misses counts and must drop all of the victim's part.
+//               ll.combine.send: kWithout when the killing hit is the first of the call ((after - 1) %
+//               channels == 0: no channel of the victim had passed the point, nothing was posted); with
+//               a later hit, another channel of the victim may have posted all of ITS sources' rows and
+//               done flags (channel c serves sources s % C == c), so kEither.
+//               .recv points: kEither: the victim posted all of call X and died before its receive phase.
 //   c > X       kWithout: the victim takes no part any more.
 // kFull means: equal to the reference with the victim AND MaskedRanks() empty after the call; kWithout:
 // equal to the reference without the victim AND MaskedRanks() == {v}; kEither: one of the two (never a
@@ -296,10 +287,14 @@ int DeathCall(const FaultSpec& f, int channels) {
   return 2 * round + (combine ? 1 : 0);
 }
 
-Want MaskWant(const FaultSpec& f, int death_call, int call) {
+Want MaskWant(const FaultSpec& f, int channels, int death_call, int call) {
   if (!f.enabled() || call <= death_call - 2) return Want::kFull;
   if (call == death_call - 1) return Want::kEither;
-  if (call == death_call) return IsSendPoint(f.point) ? Want::kWithout : Want::kEither;
+  if (call == death_call) {
+    if (f.point == FaultPoint::kLlDispatchSend) return Want::kWithout;
+    if (f.point == FaultPoint::kLlCombineSend && (f.after - 1) % channels == 0) return Want::kWithout;
+    return Want::kEither;
+  }
   return Want::kWithout;
 }
 
@@ -307,6 +302,7 @@ struct MaskChecker {
   LlBuffer& lb;
   int me;
   FaultSpec fault;
+  int channels;
   int death_call;
   int failures = 0;
   bool saw_mask = false;
@@ -323,16 +319,16 @@ struct MaskChecker {
     const int v = fault.rank;
     const bool unmasked = masked.empty(), only_v = v >= 0 && masked == std::vector<int>{v};
     const bool ok_full = vs_full.empty() && unmasked, ok_without = vs_without.empty() && only_v;
-    const Want want = MaskWant(fault, death_call, call);
+    const Want want = MaskWant(fault, channels, death_call, call);
     const bool pass = want == Want::kFull      ? ok_full
                       : want == Want::kWithout ? ok_without
                                                : ok_full || ok_without;
     if (!pass) {
       ++failures;
       std::printf(
-          "fault-worker: rank %d CHECK FAILED round %d %s (call %d; the victim dies in call %d): expected "
-          "%s; "
-          "MaskedRanks [%s]; vs the reference with the victim: %s; vs the reference without it: %s\n",
+          "fault-worker: rank %d CHECK FAILED round %d %s (call %d; the victim dies in call %d): "
+          "expected %s; MaskedRanks [%s]; vs the reference with the victim: %s; vs the reference without "
+          "it: %s\n",
           me, round, what, call, death_call, WantName(want),
           fmt::format("{}", fmt::join(masked, ",")).c_str(), vs_full.empty() ? "equal" : vs_full.c_str(),
           vs_without.empty() ? "equal" : vs_without.c_str());
@@ -358,6 +354,10 @@ int RunMasked(Context& ctx, int rounds, int channels) {
                  FaultPointName(fault->point));
     return 2;
   }
+  if (channels < 1 || channels > kExpertsPerRank) {  // MaskWant's ll.dispatch.send case needs E_local >= C
+    std::fprintf(stderr, "fault-worker: --ll-channels %d not in 1..%d\n", channels, kExpertsPerRank);
+    return 2;
+  }
   const int death_call = faulty ? DeathCall(*fault, channels) : -1;
   const int death_round = death_call / 2;
   if (faulty) rounds = death_round + 1 + kMaskRoundsAfter;
@@ -375,7 +375,7 @@ int RunMasked(Context& ctx, int rounds, int channels) {
   LlBuffer& lb = **made;
   if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
 
-  MaskChecker check{lb, me, *fault, death_call};
+  MaskChecker check{lb, me, *fault, channels, death_call};
   int checked_after = 0;
   for (int round = 0; round < rounds; ++round) {
     const auto lr = MakeLlRound(ctx, round, fault->rank);
@@ -450,10 +450,11 @@ int RunMasked(Context& ctx, int rounds, int channels) {
     std::printf("fault-worker: rank %d: %d check(s) failed\n", me, check.failures);
     return 4;
   }
+  // The time: the matrix checks that survivors went on at once, not after a wait ran into its deadline.
   std::printf(
       "fault-worker: rank %d masked [%s], %d rounds checked after the death (it died in round %d, "
-      "%d round(s) in all)\n",
-      me, fmt::format("{}", fmt::join(masked, ",")).c_str(), checked_after, death_round, rounds);
+      "%d round(s) in all) t_mono_ns=%lld\n",
+      me, fmt::format("{}", fmt::join(masked, ",")).c_str(), checked_after, death_round, rounds, MonoNs());
   return 0;
 }
 

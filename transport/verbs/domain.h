@@ -212,7 +212,7 @@ class VerbsDomain final : public RdmaDomain {
     return LoadCounter(off);
   }
 
-  Status WaitCounter(size_t off, uint64_t target, std::string_view what) override;
+  Status WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel = nullptr) override;
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override;
 
   const VerbsInfo& info() const { return info_; }

@@ -318,7 +318,7 @@ std::string VerbsDomain::ProbeSummary() {
   return s.empty() ? "no liveness probe answered yet" : s;
 }
 
-Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view what) {
+Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel) {
   if (off % 8 != 0 || off < opts_.counter_off || off + 8 > opts_.counter_off + opts_.counter_bytes)
       [[unlikely]]
     return CounterRangeError("wait_counter", me_, off);
@@ -331,6 +331,8 @@ Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view wh
     TryProgressRecv();
     if (LoadCounter(off) >= target) return Status::Ok();
     if ((i & 63) == 63) [[unlikely]] {
+      if (cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0)
+        return Status(Code::kFailedPrecondition, "cancelled");
       if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target);
       // Slow path: the wait is long. Probe the peers so that a dead one is named well before the
       // deadline instead of a bare timeout.
