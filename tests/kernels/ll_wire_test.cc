@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -158,8 +159,9 @@ std::vector<uint8_t> Table(const std::vector<Row>& rows) {
     CountRowRef r{t.data() + s * kStride, static_cast<int>(rows[s].chan.size())};
     r.total() = rows[s].total;
     r.shape() = rows[s].shape;
-    std::memcpy(r.chan(), rows[s].chan.data(), 4 * rows[s].chan.size());
-    std::memcpy(r.expert(), rows[s].expert.data(), 4 * rows[s].expert.size());
+    // std::copy, not memcpy: an empty vector's data() may be null, which memcpy must not get (UBSan).
+    std::copy(rows[s].chan.begin(), rows[s].chan.end(), r.chan());
+    std::copy(rows[s].expert.begin(), rows[s].expert.end(), r.expert());
   }
   return t;
 }
@@ -240,7 +242,7 @@ std::vector<uint8_t> Msg(int32_t src, int32_t token, uint32_t mask, std::vector<
   std::vector<uint8_t> m(sizeof(MsgHeader) + 4 * ords.size() + 64, 0);
   const MsgHeader h{src, token, mask, 0};
   std::memcpy(m.data(), &h, sizeof(h));
-  std::memcpy(m.data() + sizeof(h), ords.data(), 4 * ords.size());
+  std::copy(ords.begin(), ords.end(), reinterpret_cast<int32_t*>(m.data() + sizeof(h)));
   return m;
 }
 
