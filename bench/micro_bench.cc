@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/bf16_math.h"
 #include "kernels/fp8.h"
 #include "kernels/layout.h"
 #include "transport/context.h"
@@ -152,37 +153,32 @@ BENCHMARK(BM_RowCopy)
 
 // ---- Weighted combine of one token ------------------------------------------------------------------
 
-// The low-latency combine's per-token reduction (LlCombineRecv in kernels/ll_combine.cc), written the
-// same way: acc = 0; for k: acc[j] += w_k * float(y_k[j]) with the product rounded to FP32 before the add
-// (ISO C++ mode, which the build uses, does not contract it into an FMA); then round acc to BF16. K=8
-// received rows of H=7168 BF16 each, contiguous as the slots [token][k] of the receive buffer. Bytes =
-// the K rows read.
+// The low-latency combine's per-token reduction: the library's WeightedSumBf16Rows (kernels/bf16_math.h,
+// what LlCombineRecv calls), K=8 received rows of H=7168 BF16 each, contiguous as the slots [token][k] of
+// the receive buffer; and the normal combine's SumBf16Rows over the same rows. Bytes = the K rows read.
 void BM_WeightedCombineRow(benchmark::State& state) {
   const int H = static_cast<int>(state.range(0)), K = static_cast<int>(state.range(1));
+  const bool weighted = state.range(2) != 0;
   std::mt19937 rng(3);
   std::normal_distribution<float> d;
   std::vector<bf16> y(static_cast<size_t>(K) * H), out(H);
   for (auto& v : y) v = FloatToBf16(d(rng));
   std::vector<float> weights(K), acc(H);
+  std::vector<const bf16*> rows(K);
+  for (int k = 0; k < K; ++k) rows[k] = y.data() + static_cast<size_t>(k) * H;
   for (auto& w : weights) w = std::abs(d(rng)) / static_cast<float>(K);
   for (auto _ : state) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int k = 0; k < K; ++k) {
-      const float w = weights[k];
-      const bf16* row = y.data() + static_cast<size_t>(k) * H;
-      for (int j = 0; j < H; ++j) {
-        const float prod = w * Bf16ToFloat(row[j]);  // rounded to FP32 before the add, as in the kernel
-        acc[j] += prod;
-      }
-    }
-    for (int j = 0; j < H; ++j) out[j] = FloatToBf16(acc[j]);
+    if (weighted)
+      WeightedSumBf16Rows(out.data(), acc.data(), rows.data(), weights.data(), K, H);
+    else
+      SumBf16Rows(out.data(), acc.data(), rows.data(), K, H);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * K * H * 2);
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * K * H);  // multiply-adds
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * K * H);  // (multiply-)adds
 }
-BENCHMARK(BM_WeightedCombineRow)->ArgNames({"H", "K"})->Args({kH, 8});
+BENCHMARK(BM_WeightedCombineRow)->ArgNames({"H", "K", "weighted"})->Args({kH, 8, 1})->Args({kH, 8, 0});
 
 // ---- Flag round trip --------------------------------------------------------------------------------
 

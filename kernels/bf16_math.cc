@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/avx512.h"
+
 namespace epx {
 namespace {
 
@@ -72,10 +74,91 @@ __attribute__((always_inline)) inline void WeightedBody(bf16* out, float* acc, c
   for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j] + wl * FromBf16Bits(last[j]));
 }
 
-__attribute__((target("avx512f,avx512bw"))) void WeightedAvx512(bf16* out, float* acc, const bf16* const* rows,
-                                                                const float* w, int num_rows, int n) {
-  WeightedBody(out, acc, rows, w, num_rows, n);
+#if defined(__x86_64__)
+// AVX-512: column strips instead of row passes. The generic bodies above stream each row through acc
+// (load, add, store per element and row); here a strip of 64 columns stays in four registers while
+// every row adds into it, and only the final BF16 leaves the core: per 16 elements and row one
+// load-convert, one shift, (one multiply,) one add. Each element still sees exactly the generic
+// sequence -- 0 + t0, then + t1, ..., each product rounded to FP32 before its add (intrinsics are never
+// contracted), then the same round-to-nearest-even/NaN rule -- so the results are bitwise the same.
+EPX_AVX512_BEGIN
+
+// ToBf16Bits on 16 lanes.
+EPX_AVX512_INLINE __m256i ToBf16x16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+      16);
+  const __m512i nan = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
+  const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                   _mm512_set1_epi32(0x7f800000));
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan));
 }
+// One term: y, or fp32(w * y).
+template <bool kWeighted>
+EPX_AVX512_INLINE __m512 Term(__m512 y, __m512 w) {
+  if constexpr (kWeighted)
+    return _mm512_mul_ps(w, y);
+  else
+    return y;
+}
+
+// out = bf16(0 + t0 + t1 + ... ) over num_rows >= 1 rows (t_r = rows[r], or fp32(w[r] * rows[r])).
+template <bool kWeighted>
+EPX_AVX512_INLINE __m512 Weight(const float* w, int r) {
+  if constexpr (kWeighted)
+    return _mm512_set1_ps(w[r]);
+  else
+    return _mm512_setzero_ps();
+}
+
+// out = bf16(0 + t0 + t1 + ... ) over num_rows >= 1 rows (t_r = rows[r], or fp32(w[r] * rows[r])).
+// (No lambdas: they would not inherit the target attribute.)
+template <bool kWeighted>
+EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const float* w, int num_rows, int n) {
+  auto* o = reinterpret_cast<uint16_t*>(out);
+  const auto* r0 = reinterpret_cast<const uint16_t*>(rows[0]);
+  const __m512 w0 = Weight<kWeighted>(w, 0);
+  int j = 0;
+  for (; j + 64 <= n; j += 64) {
+    __m512 a[4];
+    for (int v = 0; v < 4; ++v)
+      a[v] = _mm512_add_ps(_mm512_setzero_ps(), Term<kWeighted>(avx512::LoadBf16(r0 + j + 16 * v), w0));
+    for (int r = 1; r < num_rows; ++r) {
+      const uint16_t* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+      const __m512 wr = Weight<kWeighted>(w, r);
+      for (int v = 0; v < 4; ++v) a[v] = _mm512_add_ps(a[v], Term<kWeighted>(avx512::LoadBf16(y + 16 * v), wr));
+    }
+    for (int v = 0; v < 4; ++v)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j + 16 * v), ToBf16x16(a[v]));
+  }
+  for (; j < n; j += 16) {  // the last < 64 columns, 16 at a time, the last group masked
+    const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
+    __m512 a = _mm512_add_ps(_mm512_setzero_ps(), Term<kWeighted>(avx512::LoadBf16Masked(r0 + j, m), w0));
+    for (int r = 1; r < num_rows; ++r)
+      a = _mm512_add_ps(a, Term<kWeighted>(avx512::LoadBf16Masked(reinterpret_cast<const uint16_t*>(rows[r]) + j, m),
+                                           Weight<kWeighted>(w, r)));
+    _mm256_mask_storeu_epi16(o + j, m, ToBf16x16(a));
+  }
+}
+EPX_AVX512_END
+
+void WeightedAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, const float* w, int num_rows, int n) {
+  if (num_rows == 0) {
+    std::memset(out, 0, 2 * static_cast<size_t>(n));
+    return;
+  }
+  StripsAvx512<true>(out, rows, w, num_rows, n);
+}
+void SumAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, int num_rows, int n) {
+  if (num_rows == 0) {
+    std::memset(out, 0, 2 * static_cast<size_t>(n));
+    return;
+  }
+  StripsAvx512<false>(out, rows, nullptr, num_rows, n);
+}
+#endif
 __attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows, const float* w,
                                                   int num_rows, int n) {
   WeightedBody(out, acc, rows, w, num_rows, n);
@@ -84,10 +167,6 @@ void WeightedBaseline(bf16* out, float* acc, const bf16* const* rows, const floa
   WeightedBody(out, acc, rows, w, num_rows, n);
 }
 
-__attribute__((target("avx512f,avx512bw"))) void SumAvx512(bf16* out, float* acc, const bf16* const* rows,
-                                                           int num_rows, int n) {
-  SumBody(out, acc, rows, num_rows, n);
-}
 __attribute__((target("avx2"))) void SumAvx2(bf16* out, float* acc, const bf16* const* rows, int num_rows,
                                              int n) {
   SumBody(out, acc, rows, num_rows, n);
@@ -101,7 +180,9 @@ using SumFn = void (*)(bf16*, float*, const bf16* const*, int, int);
 // Chosen once, at first use (not an ifunc: resolvers run before sanitizer runtimes are up).
 SumFn PickSum() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return SumAvx512;
+#if defined(__x86_64__)
+  if (avx512::Usable()) return SumAvx512;
+#endif
   if (__builtin_cpu_supports("avx2")) return SumAvx2;
   return SumBaseline;
 }
@@ -109,7 +190,9 @@ SumFn PickSum() {
 using WeightedFn = void (*)(bf16*, float*, const bf16* const*, const float*, int, int);
 WeightedFn PickWeighted() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return WeightedAvx512;
+#if defined(__x86_64__)
+  if (avx512::Usable()) return WeightedAvx512;
+#endif
   if (__builtin_cpu_supports("avx2")) return WeightedAvx2;
   return WeightedBaseline;
 }

@@ -10,6 +10,7 @@
 #include "kernels/ll_state.h"
 #include "kernels/ll_wire.h"
 #include "kernels/normal_config.h"  // AlignUp
+#include "kernels/stream_copy.h"
 
 namespace epx {
 namespace {
@@ -152,7 +153,9 @@ Status LlDispatchRecv(LlState& st, int b) {
                            st.rank, s, e, LlRangeCount(out.layout_range[static_cast<size_t>(e) * R + s]),
                            hd->token);
         const size_t row = static_cast<size_t>(e) * rows + begin[e] + fill[e]++;
-        std::memcpy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
+        // The output (local experts x rows x H) is far larger than the cache and read only after
+        // this call: streaming stores (fenced at the end of the channel's phase).
+        StreamCopy(out.x.data() + row * row_bytes, m + lay.header_bytes, row_bytes);
         if (scale_bytes) std::memcpy(out.scales.data() + row * scale_bytes, m + ScaleOffset(lay, hidden), scale_bytes);
         out.src_info[row] = hd->token;
         h.src_slot[row] = static_cast<uint8_t>(hd->slot);
@@ -189,6 +192,7 @@ Status LlDispatchRecv(LlState& st, int b) {
       }
     }
     for (int e = c; e < El; e += st.C) out.count[e] = begin[e];
+    StreamFence();  // the rows before RunChannels reports this channel done (kernels/stream_copy.h)
     return Status::Ok();
   };
   // A source masked midway (mask_on_failure) may have rows in some channels' blocks and not in others:

@@ -583,26 +583,25 @@ Status MpiLlCombine(MpiWorkspace& ws, const MpiLlCombineInput& in, std::vector<b
                               l.mpi_send_counts.data(), l.send_displs.data(), y_t, ws.comm_),
                 "MPI_Alltoallv (ll combine)", me));
 
-  // LlReferenceCombine's order: top-k order, FP32, the product rounded to FP32 before the add (the target
-  // is built with -ffp-contract=off so no FMA can fuse them), one rounding at the end.
+  // LlReferenceCombine's order: top-k order, FP32, the product rounded to FP32 before the add, one
+  // rounding at the end -- summed by epx's own WeightedSumBf16Rows (kernels/bf16_math.h, bitwise that
+  // loop), as epx's low-latency combine does, so that a comparison measures the exchange and not the
+  // arithmetic (the same choice as the normal combine above).
   float* acc = Grow(l.acc, H);
+  const bf16** terms = Grow(l.terms, static_cast<size_t>(std::max(K, 1)));
+  float* w = Grow(l.w, static_cast<size_t>(std::max(K, 1)));
   out->resize(static_cast<size_t>(N) * H);
   for (int t = 0; t < N; ++t) {
-    std::fill(acc, acc + H, 0.0f);
+    int n = 0;
     for (int k = 0; k < K; ++k) {
       const int32_t pos = l.pair_pos[static_cast<size_t>(t) * K + k];
       if (pos < 0) continue;
-      const float w = in.topk_weights[static_cast<size_t>(t) * K + k];
-      const bf16* y = pos + l.self_shift >= own_begin && pos + l.self_shift < own_end
-                          ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
-                          : back_recv + static_cast<size_t>(pos) * H;
-      for (int j = 0; j < H; ++j) {
-        const float prod = w * Bf16ToFloat(y[j]);
-        acc[j] += prod;
-      }
+      w[n] = in.topk_weights[static_cast<size_t>(t) * K + k];
+      terms[n++] = pos + l.self_shift >= own_begin && pos + l.self_shift < own_end
+                      ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
+                      : back_recv + static_cast<size_t>(pos) * H;
     }
-    bf16* o = out->data() + static_cast<size_t>(t) * H;
-    for (int j = 0; j < H; ++j) o[j] = FloatToBf16(acc[j]);
+    WeightedSumBf16Rows(out->data() + static_cast<size_t>(t) * H, acc, terms, w, n, H);
   }
   return Status::Ok();
 }

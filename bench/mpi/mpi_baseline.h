@@ -189,6 +189,8 @@ class MpiWorkspace {
     std::vector<bf16> back_send;     // combine: [pairs received, H] packed per source
     std::vector<bf16> back_recv;     // combine: [pairs sent, H]
     std::vector<float> acc;          // [H]
+    std::vector<const bf16*> terms;  // [K] rows of one token's weighted sum
+    std::vector<float> w;            // [K] their weights
   } l_;
 };
 
