@@ -24,6 +24,7 @@
 
 #include "kernels/normal_state.h"
 #include "kernels/normal_wire.h"
+#include "kernels/stream_copy.h"
 
 namespace epx {
 namespace {
@@ -207,7 +208,9 @@ Status DispatchChannel::PlaceRow(int s, int token, int ord, const uint8_t* paylo
                      st_.rank, c_, token, s, ord,
                      s >= 0 && s < P_.R ? h_.rank_prefix[s + 1] - h_.rank_prefix[s] : -1);
   const size_t row = static_cast<size_t>(h_.rank_prefix[s] + ord), nb = ml.scales_bytes / 4;
-  std::memcpy(out.x.data() + row * ml.payload_bytes, payload, ml.payload_bytes);
+  // The output (every received token) is far larger than the cache and read only after the call:
+  // streaming stores, fenced before Receive returns (kernels/stream_copy.h).
+  StreamCopy(out.x.data() + row * ml.payload_bytes, payload, ml.payload_bytes);
   if (nb) std::memcpy(out.x_scales.data() + row * nb, scales, ml.scales_bytes);
   out.src_idx[row] = token;
   const int epr = h_.num_experts / P_.R, K = ml.topk;
@@ -266,6 +269,7 @@ Status DispatchChannel::Receive(int g, bool* progressed) {
     received_[g] += static_cast<int>(n);
     *progressed = true;
   }
+  StreamFence();  // PlaceRow's rows before the channel can report them (it returns to its loop from here)
   return ring.Release();
 }
 
