@@ -87,9 +87,9 @@ EPX_AVX512_BEGIN
 EPX_AVX512_INLINE __m256i ToBf16x16(__m512 f) {
   const __m512i u = _mm512_castps_si512(f);
   const __m512i hi = _mm512_srli_epi32(u, 16);
-  const __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(hi, _mm512_set1_epi32(1))),
-      16);
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                                             _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+                                            16);
   const __m512i nan = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
   const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
                                                    _mm512_set1_epi32(0x7f800000));
@@ -128,7 +128,8 @@ EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const fl
     for (int r = 1; r < num_rows; ++r) {
       const uint16_t* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
       const __m512 wr = Weight<kWeighted>(w, r);
-      for (int v = 0; v < 4; ++v) a[v] = _mm512_add_ps(a[v], Term<kWeighted>(avx512::LoadBf16(y + 16 * v), wr));
+      for (int v = 0; v < 4; ++v)
+        a[v] = _mm512_add_ps(a[v], Term<kWeighted>(avx512::LoadBf16(y + 16 * v), wr));
     }
     for (int v = 0; v < 4; ++v)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j + 16 * v), ToBf16x16(a[v]));
@@ -137,8 +138,9 @@ EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const fl
     const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
     __m512 a = _mm512_add_ps(_mm512_setzero_ps(), Term<kWeighted>(avx512::LoadBf16Masked(r0 + j, m), w0));
     for (int r = 1; r < num_rows; ++r)
-      a = _mm512_add_ps(a, Term<kWeighted>(avx512::LoadBf16Masked(reinterpret_cast<const uint16_t*>(rows[r]) + j, m),
-                                           Weight<kWeighted>(w, r)));
+      a = _mm512_add_ps(
+          a, Term<kWeighted>(avx512::LoadBf16Masked(reinterpret_cast<const uint16_t*>(rows[r]) + j, m),
+                             Weight<kWeighted>(w, r)));
     _mm256_mask_storeu_epi16(o + j, m, ToBf16x16(a));
   }
 }
@@ -159,8 +161,8 @@ void SumAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, int num_rows,
   StripsAvx512<false>(out, rows, nullptr, num_rows, n);
 }
 #endif
-__attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows, const float* w,
-                                                  int num_rows, int n) {
+__attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows,
+                                                  const float* w, int num_rows, int n) {
   WeightedBody(out, acc, rows, w, num_rows, n);
 }
 void WeightedBaseline(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n) {
@@ -199,7 +201,8 @@ WeightedFn PickWeighted() {
 
 }  // namespace
 
-void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n) {
+void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows,
+                         int n) {
   static const WeightedFn fn = PickWeighted();
   fn(out, acc, rows, w, num_rows, n);
 }

@@ -40,7 +40,8 @@ inline uint32_t E4m3Code(float f) {
 
 // The block's scale from its amax bits m (|x| as BF16 magnitude bits, NaN counted as 0): stores
 // scale_inv (or its UE8M0 byte) as block b's scale and returns the factor the block is multiplied by.
-[[gnu::always_inline]] inline float BlockScale(int16_t m, const Fp8Options& opt, float* fs, uint8_t* ue8m0, int b) {
+[[gnu::always_inline]] inline float BlockScale(int16_t m, const Fp8Options& opt, float* fs, uint8_t* ue8m0,
+                                               int b) {
   const float amax = std::max(kFp8AmaxFloor, Bf16ToFloat(bf16{static_cast<uint16_t>(m)}));
   float scale_inv = amax / kE4m3Max;
   float scale;
@@ -69,8 +70,8 @@ inline uint32_t E4m3Code(float f) {
 // One block of n <= kFp8Block columns (kN = n when known at compile time: full blocks; else 0). Inlined
 // into CastRow, so that it is compiled for each of CastRow's targets.
 template <int kN>
-[[gnu::always_inline]] inline void CastBlock(const bf16* x, int n, const Fp8Options& opt, uint8_t* q, float* fs,
-                                             uint8_t* ue8m0, int b) {
+[[gnu::always_inline]] inline void CastBlock(const bf16* x, int n, const Fp8Options& opt, uint8_t* q,
+                                             float* fs, uint8_t* ue8m0, int b) {
   if constexpr (kN != 0) n = kN;
   // amax = max(|x|, floor). Non-negative non-NaN floats order as their bit patterns do, so the reduction
   // runs on the 15 magnitude bits, in int16 (SSE2 pmaxsw). NaN (above 0x7f80 = inf) counts as 0: the
@@ -90,8 +91,8 @@ template <int kN>
 }
 
 // After the full blocks: the last, narrower block if any, and the padding bytes of the last UE8M0 word.
-[[gnu::always_inline]] inline void CastRowTail(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out,
-                                               void* scales) {
+[[gnu::always_inline]] inline void CastRowTail(const bf16* in, int hidden, const Fp8Options& opt,
+                                               uint8_t* out, void* scales) {
   const int nb = Fp8NumBlocks(hidden), full = hidden / kFp8Block;
   uint8_t* bytes = static_cast<uint8_t*>(scales);
   if (full < nb) {
@@ -137,10 +138,12 @@ EPX_AVX512_INLINE __m512i E4m3Codes(__m512 f) {
   const __m512i a = _mm512_mask_mov_epi32(abs, is_big, _mm512_set1_epi32(0x43e00000));
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, 20), _mm512_set1_epi32(1));
   const __m512i normal = _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(static_cast<int>(0x7ffffu - (120u << 23)))), lsb), 20);
-  const __m512i sub = _mm512_sub_epi32(
-      _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(16384.0f))),
-      _mm512_set1_epi32(0x46800000));
+      _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(static_cast<int>(0x7ffffu - (120u << 23)))),
+                       lsb),
+      20);
+  const __m512i sub =
+      _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(16384.0f))),
+                       _mm512_set1_epi32(0x46800000));
   const __mmask16 is_sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(0x3c800000));
   const __m512i code = _mm512_or_si512(_mm512_mask_mov_epi32(normal, is_sub, sub), sign);
   return _mm512_mask_mov_epi32(code, is_nan, _mm512_set1_epi32(0x7f));  // NaN of either sign: 0x7f
@@ -164,7 +167,8 @@ EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Option
       __m512i mx = _mm512_setzero_si512();
       for (int i = 0; i < kFp8Block; i += 32) {
         const __m512i v = _mm512_and_si512(_mm512_loadu_si512(x + i), _mm512_set1_epi16(0x7fff));
-        mx = _mm512_max_epi16(mx, _mm512_maskz_mov_epi16(_mm512_cmple_epi16_mask(v, _mm512_set1_epi16(0x7f80)), v));
+        mx = _mm512_max_epi16(
+            mx, _mm512_maskz_mov_epi16(_mm512_cmple_epi16_mask(v, _mm512_set1_epi16(0x7f80)), v));
       }
       __m256i m256 = _mm256_max_epi16(_mm512_castsi512_si256(mx), _mm512_extracti64x4_epi64(mx, 1));
       __m128i m = _mm_max_epi16(_mm256_castsi256_si128(m256), _mm256_extracti128_si256(m256, 1));
@@ -181,7 +185,8 @@ EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Option
       uint8_t* q = out + b * kFp8Block;
       for (int i = 0; i < kFp8Block; i += 16) {
         const __m512 f = avx512::LoadBf16(x + i);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(E4m3Codes(_mm512_mul_ps(f, vs))));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
+                         _mm512_cvtepi32_epi8(E4m3Codes(_mm512_mul_ps(f, vs))));
       }
     }
   }
@@ -207,8 +212,9 @@ void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* ou
 void CastRowFromFp8(const uint8_t* in, const void* scales, int hidden, bool ue8m0, float* out) {
   const int nb = Fp8NumBlocks(hidden);
   for (int b = 0; b < nb; ++b) {
-    float s = ue8m0 ? std::bit_cast<float>(static_cast<uint32_t>(static_cast<const uint8_t*>(scales)[b]) << 23)
-                    : static_cast<const float*>(scales)[b];
+    float s = ue8m0
+                  ? std::bit_cast<float>(static_cast<uint32_t>(static_cast<const uint8_t*>(scales)[b]) << 23)
+                  : static_cast<const float*>(scales)[b];
     const int c0 = b * kFp8Block, c1 = std::min(hidden, c0 + kFp8Block);
     for (int c = c0; c < c1; ++c) out[c] = E4m3ToFloat(in[c]) * s;
   }

@@ -22,7 +22,8 @@ EPX_AVX512_KERNEL void StreamAvx512(uint8_t* d, const uint8_t* s, size_t n) {
     _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i + 128), c);
     _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i + 192), e);
   }
-  for (; i + 64 <= n; i += 64) _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), _mm512_loadu_si512(s + i));
+  for (; i + 64 <= n; i += 64)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), _mm512_loadu_si512(s + i));
   std::memcpy(d + i, s + i, n - i);
 }
 #endif

@@ -598,8 +598,8 @@ Status MpiLlCombine(MpiWorkspace& ws, const MpiLlCombineInput& in, std::vector<b
       if (pos < 0) continue;
       w[n] = in.topk_weights[static_cast<size_t>(t) * K + k];
       terms[n++] = pos + l.self_shift >= own_begin && pos + l.self_shift < own_end
-                      ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
-                      : back_recv + static_cast<size_t>(pos) * H;
+                       ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
+                       : back_recv + static_cast<size_t>(pos) * H;
     }
     WeightedSumBf16Rows(out->data() + static_cast<size_t>(t) * H, acc, terms, w, n, H);
   }

@@ -2,6 +2,8 @@
 // scalar loop written straight from the header's definition, bitwise, for every row count from 0 to
 // 9 and widths around the vector and strip sizes (16 and 64 columns), with NaN, infinities, signed
 // zeros, subnormals and values whose sum rounds to a BF16 tie among the inputs.
+#include "kernels/bf16_math.h"
+
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -10,14 +12,13 @@
 #include <random>
 #include <vector>
 
-#include "kernels/bf16_math.h"
-
 namespace epx {
 namespace {
 
 // Random BF16 bits, with one special value in ~8: +-0, +-inf, NaN, a subnormal, a large finite.
 std::vector<bf16> RandomRow(std::mt19937& rng, int n) {
-  static constexpr uint16_t kSpecial[] = {0x0000, 0x8000, 0x7f80, 0xff80, 0x7fc1, 0xffa0, 0x0001, 0x7f7f, 0x3f80};
+  static constexpr uint16_t kSpecial[] = {0x0000, 0x8000, 0x7f80, 0xff80, 0x7fc1,
+                                          0xffa0, 0x0001, 0x7f7f, 0x3f80};
   std::uniform_int_distribution<int> pick(0, 63);
   std::normal_distribution<float> d(0.0f, 4.0f);
   std::vector<bf16> row(n);
@@ -33,7 +34,8 @@ bf16 Reference(const std::vector<std::vector<bf16>>& rows, const float* w, int j
   float a = 0.0f;
   for (size_t r = 0; r < rows.size(); ++r) {
     const float y = Bf16ToFloat(rows[r][j]);
-    const float t = w ? w[r] * y : y;  // rounded to FP32 here: the build does not contract (-ffp-contract=off)
+    const float t =
+        w ? w[r] * y : y;  // rounded to FP32 here: the build does not contract (-ffp-contract=off)
     a = a + t;
   }
   return FloatToBf16(a);
@@ -62,8 +64,8 @@ TEST(Bf16Math, SumAndWeightedSumMatchTheScalarDefinitionBitwise) {
       ASSERT_EQ(wsum[0].bits, 0x1234);
       ASSERT_EQ(wsum[n + 1].bits, 0x1234) << "n=" << n << " rows=" << num_rows;
       for (int j = 0; j < n; ++j) {
-        ASSERT_EQ(sum[j + 1].bits, Reference(rows, nullptr, j).bits) << "sum n=" << n << " rows=" << num_rows
-                                                                    << " column " << j;
+        ASSERT_EQ(sum[j + 1].bits, Reference(rows, nullptr, j).bits)
+            << "sum n=" << n << " rows=" << num_rows << " column " << j;
         ASSERT_EQ(wsum[j + 1].bits, Reference(rows, w.data(), j).bits)
             << "weighted n=" << n << " rows=" << num_rows << " column " << j;
         ++checked;

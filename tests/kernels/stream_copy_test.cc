@@ -1,13 +1,13 @@
 // tests/kernels/stream_copy_test.cc: StreamCopy (kernels/stream_copy.h) is memcpy, for every head
 // misalignment of the destination and sizes around the 1 KiB threshold and the 64/256-byte steps,
 // writing nothing outside [dst, dst + n).
+#include "kernels/stream_copy.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <numeric>
 #include <vector>
-
-#include "kernels/stream_copy.h"
 
 namespace epx {
 namespace {
@@ -24,7 +24,8 @@ TEST(StreamCopy, EqualsMemcpyForEveryAlignmentAndSize) {
         for (size_t i = 0; i < dst.size(); ++i) {
           const bool inside = i >= 64 + dst_off && i < 64 + dst_off + n;
           const uint8_t want = inside ? src[src_off + i - 64 - dst_off] : 0xee;
-          ASSERT_EQ(dst[i], want) << "n=" << n << " dst_off=" << dst_off << " src_off=" << src_off << " byte " << i;
+          ASSERT_EQ(dst[i], want) << "n=" << n << " dst_off=" << dst_off << " src_off=" << src_off << " byte "
+                                  << i;
         }
       }
     }
