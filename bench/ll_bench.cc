@@ -45,24 +45,18 @@
 namespace epx::bench {
 namespace {
 
-struct LlOptions {
-  int tokens = 128;
-  int hidden = 7168;
-  int topk = 8;
-  int experts = 64;
+struct LlOptions : ExchangeFlags {
   bool fp8 = true;
   bool round_scale = false;
   bool ue8m0 = false;
   bool two_phase = false;
-  bool zero_copy = false;
   int depth = 3;
   int channels = 0;
-  int iters = 200;
-  int warmup = 20;
-  bool check = false;
-  uint64_t seed = 1;
-  std::string json;
-  std::string mpi = "auto";
+  LlOptions() {
+    tokens = 128;
+    iters = 200;
+    warmup = 20;
+  }
 };
 
 // Salt of the expert outputs y (kept apart from the token rows, which use the seed itself).
@@ -71,31 +65,16 @@ constexpr uint64_t kYSalt = 0x4c4c2d79ull;
 class LowLatencyCommand final : public Command {
  public:
   void AddFlags(CLI::App& app) override {
-    app.add_option("--tokens", o_.tokens, "tokens per rank (also the buffer's T_max)")
-        ->check(CLI::PositiveNumber);
-    app.add_option("--hidden", o_.hidden, "hidden size H")->check(CLI::PositiveNumber);
-    app.add_option("--topk", o_.topk, "experts per token K")->check(CLI::PositiveNumber);
-    app.add_option("--experts", o_.experts, "experts E (divisible by the number of ranks)")
-        ->check(CLI::PositiveNumber);
+    AddExchangeFlags(app, o_, "tokens per rank (also the buffer's T_max)",
+                     "the experts write their outputs straight into NextCombineBuffer() (untimed, it stands for "
+                     "the expert's output store) and combine sends from there");
     app.add_flag("--fp8,!--no-fp8", o_.fp8, "dispatch FP8 e4m3 + per-128-column scales (default) or BF16");
     app.add_flag("--round-scale", o_.round_scale, "FP8 scales rounded up to powers of two");
     app.add_flag("--ue8m0", o_.ue8m0, "FP8 scales as UE8M0 exponent bytes (implies --round-scale)");
     app.add_flag("--two-phase", o_.two_phase, "time the send and receive phases separately (hooks)");
-    app.add_flag("--zero-copy", o_.zero_copy,
-                 "the experts write their outputs straight into NextCombineBuffer() (untimed, it stands for the "
-                 "expert's output store) and combine sends from there");
     app.add_option("--depth", o_.depth, "LL buffers in rotation D")->check(CLI::Range(2, kLlMaxDepth));
     app.add_option("--channels", o_.channels, "channel threads (0 = EPX_LL_CHANNELS)")
         ->check(CLI::Range(0, 64));
-    app.add_option("--iters", o_.iters, "timed iterations")->check(CLI::PositiveNumber);
-    app.add_option("--warmup", o_.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
-    app.add_flag("--check", o_.check,
-                 "compare every iteration with the serial reference; exit 1 on mismatch");
-    app.add_option("--seed", o_.seed, "routing and data seed");
-    app.add_option("--json", o_.json, "also write the results as JSON to this file (rank 0)");
-    app.add_option("--mpi", o_.mpi,
-                   "MPI baseline on the same inputs: auto = when launched by mpirun (tools/compare), on, off")
-        ->check(CLI::IsMember({"auto", "on", "off"}));
   }
   int Run(Context& ctx) override;
 
@@ -543,51 +522,37 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
 
 int LowLatencyCommand::Run(Context& ctx) {
   nlohmann::json j;
-  const bool lead = ctx.rank() == 0;
   const Status st = Bench(ctx, &j);
-  if (!st.ok() && j.empty()) {
-    std::fprintf(stderr, "epx-bench low-latency: %s\n", st.ToString().c_str());
-    return st.code() == Code::kInvalidArgument ? 2 : 1;
-  }
-  if (lead) {
-    const Placement& pl = ctx.placement();
-    const bool multi = pl.num_nodes > 1;
+  const Placement& pl = ctx.placement();
+  auto header = [&] {
     std::string fp8 = "BF16";
     if (o_.fp8)
       fp8 = j["ue8m0"].get<bool>()         ? "FP8 (UE8M0)"
             : j["round_scale"].get<bool>() ? "FP8 (round_scale)"
                                            : "FP8";
-    std::printf(
-        "epx-bench low-latency: %d ranks (%d node(s) x %d), %d tokens/rank, H=%d, K=%d, E=%d, dispatch %s, "
-        "combine BF16, depth %d, rdma %s, channels %d,%s %d iters (+%d warm-up), check %s\n",
-        pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts, fp8.c_str(),
-        j["config"]["depth"].get<int>(), multi ? j["config"]["rdma"].get<std::string>().c_str() : "-",
+    return fmt::format(
+        "epx-bench low-latency: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, dispatch {}, "
+        "combine BF16, depth {}, rdma {}, channels {},{} {} iters (+{} warm-up), check {}",
+        pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts, fp8,
+        j["config"]["depth"].get<int>(), pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-",
         j["config"]["channels"].get<int>(),
         o_.two_phase ? (o_.zero_copy ? " two-phase, zero-copy," : " two-phase,") : (o_.zero_copy ? " zero-copy," : ""),
-        o_.iters, o_.warmup,
-        j["check"].get<std::string>().c_str());
-    std::printf("\n%-14s %12s %12s %10s %12s %12s %10s %9s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
-                "cpu_us", "copy_GB/s", "of_copy");
-    for (const char* op : {"dispatch", "combine"}) {
-      const std::string k = op;
-      std::printf("%-14s %12.1f %12.1f %10.2f %12s %12.1f %10.2f %8.0f%%\n", op, j[k + "_us_p50"].get<double>(),
-                  j[k + "_us_p99"].get<double>(), j[k + "_GBps"].get<double>(),
-                  multi ? fmt::format("{:.2f}", j[k + "_rdma_GBps"].get<double>()).c_str() : "-",
-                  j[k + "_cpu_us_per_rank"].get<double>(), j["copy_" + k + "_GBps"].get<double>(),
-                  100.0 * j[k + "_vs_copy"].get<double>());
-      if (!o_.two_phase) continue;
-      for (const char* phase : {"send", "recv"}) {
-        const std::string kp = k + "_" + phase;
-        std::printf("%-14s %12.1f %12.1f %10s %12s %12s\n", ("  " + k + "." + phase).c_str(),
-                    j[kp + "_us_p50"].get<double>(), j[kp + "_us_p99"].get<double>(), "-", "-", "-");
-      }
+        o_.iters, o_.warmup, j["check"].get<std::string>());
+  };
+  auto phases = [&](const std::string& op) {
+    if (!o_.two_phase) return;
+    for (const char* phase : {"send", "recv"}) {
+      const std::string kp = op + "_" + phase;
+      std::printf("%-14s %12.1f %12.1f %10s %12s %12s\n", ("  " + op + "." + phase).c_str(),
+                  j[kp + "_us_p50"].get<double>(), j[kp + "_us_p99"].get<double>(), "-", "-", "-");
     }
+  };
+  auto rest = [&] {
     std::printf(
         "\ntime = slowest rank per iteration%s; GB/s = (token, expert) pairs sent per rank x bytes per pair "
         "(dispatch %.0f B, combine %.0f B) / median time; rdma = pairs to other nodes; cpu = CPU time of a "
-        "rank "
-        "(all threads) per call; copy = memcpy of the same bytes by every rank at once (the copy limit), of_copy "
-        "= copy time / epx time\n",
+        "rank (all threads) per call; copy = memcpy of the same bytes by every rank at once (the copy limit), "
+        "of_copy = copy time / epx time\n",
         o_.two_phase ? " (dispatch/combine = send + recv of one rank, phases split by a barrier)" : "",
         j["dispatch_bytes_per_pair"].get<double>(), j["combine_bytes_per_pair"].get<double>());
     PrintBaselines(j);
@@ -604,19 +569,12 @@ int LowLatencyCommand::Run(Context& ctx) {
     std::string waits;
     for (size_t r = 0; r < wait.size(); ++r) waits += fmt::format("{}r{} {:.1f}", r ? ", " : "", r, wait[r]);
     std::printf(
-        "rank 0 LlStats: %llu dispatches, %llu combines; pairs per local expert per dispatch min %.1f mean "
-        "%.1f "
+        "rank 0 LlStats: %llu dispatches, %llu combines; pairs per local expert per dispatch min %.1f mean %.1f "
         "max %.1f; receive wait per call by source (us): %s\n",
         static_cast<unsigned long long>(s["dispatches"].get<uint64_t>()),
         static_cast<unsigned long long>(s["combines"].get<uint64_t>()), lo, mean, hi, waits.c_str());
-    if (!o_.json.empty()) {
-      std::ofstream f(o_.json);
-      f << j.dump(2) << "\n";
-    }
-  }
-  if (!st.ok())
-    std::fprintf(stderr, "epx-bench low-latency: rank %d: %s\n", ctx.rank(), st.ToString().c_str());
-  return st.ok() ? 0 : 1;
+  };
+  return ReportExchange(ctx, "low-latency", st, j, o_, 14, header, phases, rest);
 }
 
 }  // namespace

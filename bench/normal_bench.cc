@@ -36,19 +36,13 @@
 namespace epx::bench {
 namespace {
 
-struct NormalOptions {
-  int tokens = 4096;
-  int hidden = 7168;
-  int topk = 8;
-  int experts = 64;
+struct NormalOptions : ExchangeFlags {
   bool fp8 = false;
-  bool zero_copy = false;
-  int iters = 20;
-  int warmup = 3;
-  bool check = false;
-  uint64_t seed = 1;
-  std::string json;
-  std::string mpi = "auto";
+  NormalOptions() {
+    tokens = 4096;
+    iters = 20;
+    warmup = 3;
+  }
 };
 
 // The expected outputs of this rank, built once.
@@ -60,23 +54,9 @@ struct Expected {
 class NormalCommand final : public Command {
  public:
   void AddFlags(CLI::App& app) override {
-    app.add_option("--tokens", o_.tokens, "tokens per rank")->check(CLI::NonNegativeNumber);
-    app.add_option("--hidden", o_.hidden, "hidden size H")->check(CLI::PositiveNumber);
-    app.add_option("--topk", o_.topk, "experts per token K")->check(CLI::PositiveNumber);
-    app.add_option("--experts", o_.experts, "experts E (divisible by the number of ranks)")
-        ->check(CLI::PositiveNumber);
+    AddExchangeFlags(app, o_, "tokens per rank",
+                     "x and y live in the buffer's zero-copy inputs (one node): peers read them from the heap");
     app.add_flag("--fp8", o_.fp8, "dispatch FP8 e4m3 + per-128-column scales instead of BF16");
-    app.add_flag("--zero-copy", o_.zero_copy,
-                 "x and y live in the buffer's zero-copy inputs (one node): peers read them from the heap");
-    app.add_option("--iters", o_.iters, "timed iterations")->check(CLI::PositiveNumber);
-    app.add_option("--warmup", o_.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
-    app.add_flag("--check", o_.check,
-                 "compare every iteration with the serial reference; exit 1 on mismatch");
-    app.add_option("--seed", o_.seed, "routing and data seed");
-    app.add_option("--json", o_.json, "also write the results as JSON to this file (rank 0)");
-    app.add_option("--mpi", o_.mpi,
-                   "MPI baseline on the same inputs: auto = when launched by mpirun (tools/compare), on, off")
-        ->check(CLI::IsMember({"auto", "on", "off"}));
   }
   int Run(Context& ctx) override;
 
@@ -337,42 +317,27 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
 
 int NormalCommand::Run(Context& ctx) {
   nlohmann::json j;
-  const bool lead = ctx.rank() == 0;
   const Status st = Bench(ctx, &j);
-  if (!st.ok() && j.empty()) {
-    std::fprintf(stderr, "epx-bench normal: %s\n", st.ToString().c_str());
-    return st.code() == Code::kInvalidArgument ? 2 : 1;
-  }
-  if (lead) {
-    const Placement& pl = ctx.placement();
-    std::printf(
-        "epx-bench normal: %d ranks (%d node(s) x %d), %d tokens/rank, H=%d, K=%d, E=%d, %s%s, rdma %s, "
-        "channels %d, %d iters (+%d warm-up), check %s\n",
-        pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
-        o_.fp8 ? "FP8" : "BF16", o_.zero_copy ? ", zero-copy inputs" : "", pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>().c_str() : "-",
-        j["config"]["channels"].get<int>(), o_.iters, o_.warmup, j["check"].get<std::string>().c_str());
-    std::printf("\n%-9s %12s %12s %10s %12s %12s %10s %9s\n", "op", "median_us", "p99_us", "GB/s", "rdma_GB/s",
-                "cpu_us", "copy_GB/s", "of_copy");
-    for (const char* op : {"dispatch", "combine"}) {
-      const std::string k = op;
-      std::printf("%-9s %12.1f %12.1f %10.2f %12s %12.1f %10.2f %8.0f%%\n", op, j[k + "_us_p50"].get<double>(),
-                  j[k + "_us_p99"].get<double>(), j[k + "_GBps"].get<double>(),
-                  pl.num_nodes > 1 ? fmt::format("{:.2f}", j[k + "_rdma_GBps"].get<double>()).c_str() : "-",
-                  j[k + "_cpu_us_per_rank"].get<double>(), j["copy_" + k + "_GBps"].get<double>(),
-                  100.0 * j[k + "_vs_copy"].get<double>());
-    }
-    std::printf(
-        "\ntime = slowest rank per iteration; GB/s = received rows x row bytes per rank / median time; "
-        "rdma = (token, node) pairs x row bytes; cpu = CPU time of a rank (all threads) per call; copy = memcpy of "
-        "the same received bytes by every rank at once (the copy limit), of_copy = copy time / epx time\n");
-    PrintBaselines(j);
-    if (!o_.json.empty()) {
-      std::ofstream f(o_.json);
-      f << j.dump(2) << "\n";
-    }
-  }
-  if (!st.ok()) std::fprintf(stderr, "epx-bench normal: rank %d: %s\n", ctx.rank(), st.ToString().c_str());
-  return st.ok() ? 0 : 1;
+  const Placement& pl = ctx.placement();
+  return ReportExchange(
+      ctx, "normal", st, j, o_, 9,
+      [&] {
+        return fmt::format(
+            "epx-bench normal: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, {}{}, rdma {}, "
+            "channels {}, {} iters (+{} warm-up), check {}",
+            pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
+            o_.fp8 ? "FP8" : "BF16", o_.zero_copy ? ", zero-copy inputs" : "",
+            pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-", j["config"]["channels"].get<int>(),
+            o_.iters, o_.warmup, j["check"].get<std::string>());
+      },
+      [](const std::string&) {},
+      [&] {
+        std::printf(
+            "\ntime = slowest rank per iteration; GB/s = received rows x row bytes per rank / median time; "
+            "rdma = (token, node) pairs x row bytes; cpu = CPU time of a rank (all threads) per call; copy = memcpy "
+            "of the same received bytes by every rank at once (the copy limit), of_copy = copy time / epx time\n");
+        PrintBaselines(j);
+      });
 }
 
 }  // namespace
