@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <span>
 #include <string_view>
 
@@ -54,5 +55,15 @@ class ByteReader {
   const uint8_t* p_;
   size_t n_;
 };
+
+// The usual entry: the input's first byte picks one of `targets` (modulo their number), the rest is
+// what that target reads. A fuzz target's LLVMFuzzerTestOneInput is then one line.
+using Target = void (*)(ByteReader&);
+inline int RunOneOf(const uint8_t* data, size_t size, std::initializer_list<Target> targets) {
+  if (size == 0 || targets.size() == 0) return 0;
+  ByteReader in(data + 1, size - 1);
+  targets.begin()[data[0] % targets.size()](in);
+  return 0;
+}
 
 }  // namespace epx::fuzz

@@ -138,21 +138,6 @@ void FuzzCombineRow(ByteReader& in) {
 }  // namespace epx
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size == 0) return 0;
-  epx::fuzz::ByteReader in(data + 1, size - 1);
-  switch (data[0] % 4) {
-    case 0:
-      epx::FuzzHeader(in);
-      break;
-    case 1:
-      epx::FuzzRoundTrip(in);
-      break;
-    case 2:
-      epx::FuzzCount(in);
-      break;
-    case 3:
-      epx::FuzzCombineRow(in);
-      break;
-  }
-  return 0;
+  return epx::fuzz::RunOneOf(data, size,
+                             {epx::FuzzHeader, epx::FuzzRoundTrip, epx::FuzzCount, epx::FuzzCombineRow});
 }

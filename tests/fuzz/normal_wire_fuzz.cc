@@ -173,21 +173,6 @@ void FuzzMessage(ByteReader& in) {
 }  // namespace epx
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size == 0) return 0;
-  epx::fuzz::ByteReader in(data + 1, size - 1);
-  switch (data[0] % 4) {
-    case 0:
-      epx::FuzzCountRows(in);
-      break;
-    case 1:
-      epx::FuzzCountRowsValid(in);
-      break;
-    case 2:
-      epx::FuzzNodeRows(in);
-      break;
-    case 3:
-      epx::FuzzMessage(in);
-      break;
-  }
-  return 0;
+  return epx::fuzz::RunOneOf(
+      data, size, {epx::FuzzCountRows, epx::FuzzCountRowsValid, epx::FuzzNodeRows, epx::FuzzMessage});
 }
