@@ -122,7 +122,7 @@ StatusOr<FaultSpec> ParseFaultSpec(std::string_view text) {
   return f;
 }
 
-Status ArmFaultInjection(int rank, int world_size) {
+Status ArmFaultInjection(int rank, int world_size, int restart_count) {
   EPX_ASSIGN_OR_RETURN(std::string text, TunableStr("EPX_FAULT"));  // validated there: parses below
   auto spec = ParseFaultSpec(text);
   if (!spec.ok()) return EPX_ERROR(kInvalidArgument, "EPX_FAULT='{}': {}", text, spec.status().message());
@@ -131,6 +131,13 @@ Status ArmFaultInjection(int rank, int world_size) {
     return EPX_ERROR(kInvalidArgument, "EPX_FAULT='{}': rank {} is not a rank of this job (0..{})", text,
                      spec->rank, world_size - 1);
   if (spec->rank != rank) return Status::Ok();
+  if (restart_count > 0) {
+    EPX_INFO(
+        "fault injection (EPX_FAULT) not armed: rank {} is restart {} of the rank it names (only the "
+        "first incarnation dies)",
+        rank, restart_count);
+    return Status::Ok();
+  }
   g_rank = rank;
   g_after = spec->after;
   g_hits.store(0, std::memory_order_relaxed);

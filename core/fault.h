@@ -5,8 +5,10 @@
 // makes rank 1 kill itself with SIGKILL (kill(getpid(), SIGKILL): the same as a `kill -9` from outside
 // at that moment, so nothing is flushed or unwound) the 3rd time (after=N, default 1; counted over all
 // threads of the process) it reaches the named point. Empty (the default) = off. The value is parsed and
-// validated with the tunables (a bad one is a kInvalidArgument naming EPX_FAULT) and read once, when the
-// Context is created (ArmFaultInjection); ranks other than the named one never arm anything.
+// validated with the tunables (a bad one is a kInvalidArgument naming EPX_FAULT) and read when a Context
+// is created (ArmFaultInjection); ranks other than the named one never arm anything. Nor does a restarted
+// process of the named rank (EPX_RESTART_COUNT > 0, set by `epx-run --respawn`): the fault is the death
+// of the rank's first incarnation, so a re-admission test kills the rank once, not every restart of it.
 //
 // Points (EPX_FAULT_POINT in the kernels; each names a role in a phase):
 //   normal.layout            count exchange of a normal dispatch (normal_notify.cc), before any row is sent
@@ -66,11 +68,11 @@ struct FaultSpec {
 // says what is wrong and lists the points (callers prefix the variable name).
 StatusOr<FaultSpec> ParseFaultSpec(std::string_view text);
 
-// Reads EPX_FAULT (validated through the tunables table) and arms it if it names `rank`; a rank outside
-// 0..world_size-1 is an error. Call once per process at setup, before any thread that reaches a
-// point exists (Context::Create does): the worker threads are created later, which orders the store
-// before their loads.
-Status ArmFaultInjection(int rank, int world_size);
+// Reads EPX_FAULT (validated through the tunables table) and arms it if it names `rank` and this process
+// is the rank's first incarnation (restart_count == 0, Placement::restart_count); a rank outside
+// 0..world_size-1 is an error. Call at setup, before any thread that reaches a point exists
+// (Context::Create does): the worker threads are created later, which orders the store before their loads.
+Status ArmFaultInjection(int rank, int world_size, int restart_count = 0);
 
 namespace fault_internal {
 extern std::atomic<int> g_armed;  // the armed FaultPoint, or -1

@@ -64,7 +64,7 @@ constexpr TunableDef kTable[] = {
      "TEST ONLY: fault injection, \"rank=R,point=P[,after=N]\": rank R SIGKILLs itself the N-th time "
      "(default 1) it reaches point P, one of normal.layout, normal.dispatch.{send,forward,recv}, "
      "normal.combine.{send,forward,reduce}, ll.dispatch.{send,recv}, ll.combine.{send,recv} "
-     "(core/fault.h); empty = off"},
+     "(core/fault.h); empty = off; never armed in a restarted process (EPX_RESTART_COUNT > 0)"},
 };
 
 std::string_view Trim(std::string_view s) {

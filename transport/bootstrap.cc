@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "core/log.h"
@@ -21,6 +23,7 @@
 namespace epx {
 namespace {
 
+using bootstrap_wire::GenerationVerdict;
 using bootstrap_wire::Hello;
 using bootstrap_wire::KindName;
 using bootstrap_wire::kMagic;
@@ -101,6 +104,33 @@ void SetNoDelay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+// The last generation this process joined, per (job hash, rank) ("Generations" in bootstrap.h). Keyed by
+// rank as well so that several ranks of one job may run as threads of one process (unit tests).
+std::mutex g_generation_mu;
+std::map<std::pair<uint64_t, int>, uint64_t> g_last_generation;
+
+// What this process's next hello as `rank` of job `job` asks for: 0 if it never joined one (fresh).
+uint64_t NextGeneration(uint64_t job, int rank) {
+  std::lock_guard<std::mutex> g(g_generation_mu);
+  auto it = g_last_generation.find({job, rank});
+  return it == g_last_generation.end() ? 0 : it->second + 1;
+}
+
+void JoinedGeneration(uint64_t job, int rank, uint64_t generation) {
+  std::lock_guard<std::mutex> g(g_generation_mu);
+  g_last_generation[{job, rank}] = generation;
+}
+
+Status StaleRank(int rank, uint64_t asked, uint64_t forming) {
+  return Status(
+      Code::kFailedPrecondition,
+      fmt::format("bootstrap root refused rank {}: it asks to join generation {} of this job (it last "
+                  "joined generation {}) but generation {} is forming: the process is stale (an older "
+                  "incarnation of a rank restarted since, or one that missed a re-creation of the "
+                  "Context)",
+                  rank, asked, asked - 1, forming));
+}
+
 Status SendReply(int fd, const Status& st, std::span<const uint8_t> blob, const Deadline& d, std::string_view what) {
   ReplyHeader h{kMagic, static_cast<uint32_t>(st.code()), st.ok() ? blob.size() : st.message().size()};
   EPX_RETURN_IF_ERROR(SendAll(fd, &h, sizeof(h), d, what));
@@ -117,9 +147,13 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p) {
 
 StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::chrono::milliseconds timeout) {
   std::unique_ptr<Bootstrap> b(new Bootstrap(p.rank, p.world_size, timeout));
-  if (p.world_size == 1) return b;
-  const Deadline d = Deadline::After(timeout);
   const uint64_t job = bootstrap_wire::JobHash(p.job_id);
+  if (p.world_size == 1) {
+    b->generation_ = std::max<uint64_t>(NextGeneration(job, 0), 1);
+    JoinedGeneration(job, 0, b->generation_);
+    return b;
+  }
+  const Deadline d = Deadline::After(timeout);
   EPX_ASSIGN_OR_RETURN(addrinfo * ai, Resolve(p.master_addr, p.master_port, p.rank == 0));
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> ai_owner(ai, freeaddrinfo);
   const std::string where = fmt::format("{}:{}", p.master_addr, p.master_port);
@@ -132,6 +166,16 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
     EPX_SYS(brc, ::bind(b->listen_fd_, ai->ai_addr, ai->ai_addrlen), "bootstrap root on {}", where);
     EPX_SYS(lrc, ::listen(b->listen_fd_, 1024), "bootstrap root on {}", where);
     b->fds_.assign(p.world_size, -1);
+    const uint64_t own = NextGeneration(job, 0);  // 0: a fresh root takes the newest it is asked for
+    uint64_t forming = own;
+    std::vector<uint64_t> asked(p.world_size, 0);    // what each joined rank's hello asked for
+    std::vector<std::string> refused(p.world_size);  // why a rank's last connection was refused
+    auto refuse = [&](int fd, int rank, const Status& why) {
+      (void)SendReply(fd, why, {}, Deadline::After(std::chrono::seconds(1)), "refuse");
+      ::close(fd);
+      EPX_WARN("bootstrap: {}", why.message());
+      refused[rank] = why.message();
+    };
     int joined = 1;
     while (joined < p.world_size) {
       pollfd pf{b->listen_fd_, POLLIN, 0};
@@ -140,10 +184,14 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
       if (rc < 0) return SysError("poll", errno, "bootstrap accept");
       if (rc == 0) {
         std::vector<int> missing;
-        for (int r = 1; r < p.world_size; ++r)
-          if (b->fds_[r] < 0) missing.push_back(r);
-        Status st = EPX_ERROR(kTimeout, "bootstrap connect at {}: ranks {} did not arrive within {} ms", where,
-                              RankList(missing), timeout.count());
+        std::string why;
+        for (int r = 1; r < p.world_size; ++r) {
+          if (b->fds_[r] >= 0) continue;
+          missing.push_back(r);
+          if (!refused[r].empty()) why += "; " + refused[r];
+        }
+        Status st = EPX_ERROR(kTimeout, "bootstrap connect at {}: ranks {} did not arrive within {} ms{}",
+                              where, RankList(missing), timeout.count(), why);
         for (int r = 1; r < p.world_size; ++r)
           if (b->fds_[r] >= 0) (void)SendReply(b->fds_[r], st, {}, Deadline::After(std::chrono::seconds(1)), "abort");
         return st;
@@ -166,10 +214,56 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
         if (h.ok() && h->job_hash == job) return EPX_ERROR(kInvalidArgument, "bootstrap: {}", bad);
         continue;
       }
-      b->fds_[h->rank] = static_cast<int>(fd);
+      const int r = h->rank;
+      switch (bootstrap_wire::JudgeGeneration(h->generation, forming)) {
+        case GenerationVerdict::kStale:
+          // Not fatal: the rank's current incarnation may still come.
+          refuse(static_cast<int>(fd), r, StaleRank(r, h->generation, forming));
+          continue;
+        case GenerationVerdict::kNewer:
+          if (own != 0) {  // the root's own history fixed `forming`: the root is the one behind
+            Status st =
+                EPX_ERROR(kFailedPrecondition,
+                          "bootstrap at {}: rank {} asks to join generation {} of this job but this root "
+                          "(rank 0) last joined generation {}: the root process is stale (an older "
+                          "incarnation of rank 0, or one that missed a re-creation of the Context)",
+                          where, r, h->generation, own - 1);
+            (void)SendReply(static_cast<int>(fd), st, {}, Deadline::After(std::chrono::seconds(1)), "abort");
+            ::close(static_cast<int>(fd));
+            for (int q = 1; q < p.world_size; ++q)
+              if (b->fds_[q] >= 0)
+                (void)SendReply(b->fds_[q], st, {}, Deadline::After(std::chrono::seconds(1)), "abort");
+            return st;
+          }
+          // A fresh root took an older generation from an earlier hello: those ranks are the stale ones.
+          for (int q = 1; q < p.world_size; ++q) {
+            if (b->fds_[q] < 0 || asked[q] == 0 || asked[q] >= h->generation) continue;
+            refuse(b->fds_[q], q, StaleRank(q, asked[q], h->generation));
+            b->fds_[q] = -1;
+            --joined;
+          }
+          forming = h->generation;
+          break;
+        case GenerationVerdict::kJoin:
+          if (forming == 0) forming = h->generation;  // stays 0 while every hello is fresh
+          break;
+      }
+      b->fds_[r] = static_cast<int>(fd);
+      asked[r] = h->generation;
+      refused[r].clear();
       ++joined;
     }
-    for (int r = 1; r < p.world_size; ++r) EPX_RETURN_IF_ERROR(SendReply(b->fds_[r], Status::Ok(), {}, d, "welcome"));
+    // Everyone is here: stop listening, so that a process connecting while this generation runs (a
+    // restarted rank, early) is refused by the kernel and retries, instead of sitting in a backlog that
+    // nobody accepts from. The next generation listens on the same port again (SO_REUSEADDR).
+    ::close(b->listen_fd_);
+    b->listen_fd_ = -1;
+    b->generation_ = forming != 0 ? forming : 1;  // all fresh: the job's first generation
+    JoinedGeneration(job, 0, b->generation_);
+    const std::span<const uint8_t> welcome(reinterpret_cast<const uint8_t*>(&b->generation_),
+                                           sizeof(b->generation_));
+    for (int r = 1; r < p.world_size; ++r)
+      EPX_RETURN_IF_ERROR(SendReply(b->fds_[r], Status::Ok(), welcome, d, "welcome"));
     return b;
   }
 
@@ -192,7 +286,8 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
     backoff.Pause();
   }
   SetNoDelay(b->fds_[0]);
-  Hello h{kMagic, bootstrap_wire::kVersion, p.rank, p.world_size, job};
+  const uint64_t ask = NextGeneration(job, p.rank);
+  Hello h{kMagic, bootstrap_wire::kVersion, p.rank, p.world_size, job, ask};
   EPX_RETURN_IF_ERROR(SendAll(b->fds_[0], &h, sizeof(h), d, "bootstrap hello to rank 0"));
   uint8_t rb[sizeof(ReplyHeader)] = {};
   // Rank 0 enforces the connect deadline and names the missing ranks; wait a little longer than it
@@ -210,6 +305,15 @@ StatusOr<std::unique_ptr<Bootstrap>> Bootstrap::Create(const Placement& p, std::
     Status e = bootstrap_wire::ReplyError(*rh, msg);
     return internal::MakeError(e.code(), __FILE__, __LINE__, e.message());
   }
+  uint64_t gen = 0;
+  EPX_RETURN_IF_ERROR(RecvAll(b->fds_[0], &gen, sizeof(gen), dw, "bootstrap welcome"));
+  // The root refuses a hello of another generation, so a welcome into one is a bug of either side.
+  if (gen == 0 || (ask != 0 && gen != ask))
+    return EPX_ERROR(kInternal,
+                     "bootstrap connect: rank 0 welcomed rank {} into generation {}; it asked for {}", p.rank,
+                     gen, ask);
+  b->generation_ = gen;
+  JoinedGeneration(job, p.rank, gen);
   return b;
 }
 

@@ -10,6 +10,24 @@
 // and forwards the failure to the ranks that did arrive, so all ranks report the same cause:
 //   "bootstrap allgather 'heap-fds' (#3): ranks 2,5 did not arrive within 5000 ms"
 // A peer that dies closes its socket; that is reported as kPeerFailure naming the rank and phase.
+//
+// Generations (re-joining after a rank died and was restarted, issue 7): a job may form its bootstrap
+// again and again, on the same master port: every rank destroys its Context and creates a new one (the
+// restarted process creates its first). Each formation is a generation 1, 2, ... of the job. A process
+// remembers, per (job id, rank), the last generation it joined, and its hello asks for the next one; a
+// process that never joined one (the first start, or a restarted process) asks for none and joins
+// whatever forms. The root forms the generation after its own last one; a fresh root (rank 0 was itself
+// restarted) takes the newest any rank asks for. A hello that asks for an older generation comes from a
+// stale process (an older incarnation of a rank that was restarted since, or one that missed a
+// re-creation): that connection is refused with kFailedPrecondition naming both generations, and the
+// root goes on waiting for the rank (the timeout names the refusal). A fresh root that already let in
+// ranks of an older generation refuses them once a newer one shows up; a root that is itself behind fails
+// the formation. So two generations never mix, and nothing has to be passed around by the caller.
+// The root stops listening once everyone joined, so a process that connects while a generation runs
+// sees the port closed and retries until the next formation (or its deadline) instead of hanging in a
+// backlog nobody accepts from.
+// One corner is not told apart: if the root dies while sending the welcomes, the ranks it had not
+// welcomed yet still ask for the previous generation and the next formation refuses them as stale.
 #pragma once
 
 #include <chrono>
@@ -40,6 +58,8 @@ class Bootstrap {
 
   int rank() const { return rank_; }
   int world_size() const { return world_; }
+  // The generation this bootstrap formed (1 for a job's first; see "Generations" above).
+  uint64_t generation() const { return generation_; }
   std::chrono::milliseconds timeout() const { return timeout_; }
 
   // Result: world_size blobs of `mine.size()` bytes, rank-ordered. All ranks must pass equal sizes.
@@ -73,6 +93,7 @@ class Bootstrap {
   int rank_;
   int world_;
   std::chrono::milliseconds timeout_;
+  uint64_t generation_ = 0;
   uint64_t seq_ = 0;
   int listen_fd_ = -1;
   std::vector<int> fds_;  // rank 0: socket per rank (fds_[0] unused); others: fds_[0] = socket to rank 0

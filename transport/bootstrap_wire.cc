@@ -63,6 +63,11 @@ Status CheckHello(const Hello& h, uint64_t job_hash, int world, std::span<const 
   return Status::Ok();
 }
 
+GenerationVerdict JudgeGeneration(uint64_t asked, uint64_t forming) {
+  if (asked == 0 || forming == 0 || asked == forming) return GenerationVerdict::kJoin;
+  return asked < forming ? GenerationVerdict::kStale : GenerationVerdict::kNewer;
+}
+
 StatusOr<MsgHeader> DecodeMsgHeader(std::span<const uint8_t> bytes) {
   EPX_ASSIGN_OR_RETURN(MsgHeader h, Frame<MsgHeader>(bytes, "message header"));
   if (h.magic != kMagic) return Corrupt(fmt::format("bad magic 0x{:x}", h.magic));
@@ -91,6 +96,8 @@ StatusOr<ReplyHeader> DecodeReplyHeader(std::span<const uint8_t> bytes, Kind kin
   bool ok = false;
   switch (kind) {
     case Kind::kConnect:
+      ok = h.len == kWelcomeBytes;
+      break;
     case Kind::kBarrier:
       ok = h.len == 0;
       break;

@@ -4,7 +4,7 @@
 //
 // Frames are fixed-layout structs in host byte order (all ranks of a job run one build on one ISA):
 //   rank -> root   Hello                                    once, after connect
-//   root -> rank   ReplyHeader + error text                 the welcome (empty when OK) or a rejection
+//   root -> rank   ReplyHeader + u64 generation | error text  the welcome, or a rejection
 //   rank -> root   MsgHeader + phase + blob                 each collective
 //   root -> rank   ReplyHeader + result | error text        each collective
 // The all-gather-v result is, per rank in order, a u64 length and that many bytes.
@@ -27,7 +27,7 @@
 namespace epx::bootstrap_wire {
 
 constexpr uint32_t kMagic = 0x42585045;  // "EPXB"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;         // 2: generations (Hello::generation, the welcome carries one)
 constexpr size_t kMaxPhase = 64;
 constexpr uint64_t kMaxBlob = 64ull << 20;      // setup records only; guards against garbage lengths
 constexpr uint64_t kMaxErrorText = 1ull << 20;  // error replies carry a message, never a payload
@@ -40,6 +40,9 @@ struct Hello {
   uint32_t magic, version;
   int32_t rank, world;
   uint64_t job_hash;
+  // The generation this process asks to join (transport/bootstrap.h "Generations"): the one after the
+  // last it joined as this rank of this job, or 0 when it never joined one (a fresh process: any).
+  uint64_t generation;
 };
 struct MsgHeader {
   uint32_t magic, kind;
@@ -52,7 +55,8 @@ struct ReplyHeader {
   uint32_t magic, code;  // code: 0 = ok, else the epx::Code of the error whose text follows
   uint64_t len;
 };
-static_assert(sizeof(Hello) == 24 && sizeof(MsgHeader) == 32 && sizeof(ReplyHeader) == 16);
+static_assert(sizeof(Hello) == 32 && sizeof(MsgHeader) == 32 && sizeof(ReplyHeader) == 16);
+constexpr uint64_t kWelcomeBytes = sizeof(uint64_t);  // an OK connect reply: the generation formed
 
 // FNV-1a of the job id: what a hello carries instead of the id itself.
 uint64_t JobHash(std::string_view job_id);
@@ -70,6 +74,15 @@ StatusOr<Hello> DecodeHello(std::span<const uint8_t> bytes);
 // the ranks already joined (fds.size() == world). The error (kInvalidArgument) says why not.
 Status CheckHello(const Hello& h, uint64_t job_hash, int world, std::span<const int> fds);
 
+// Root side: what to do with a hello that asks for generation `asked` (0: fresh) while the root forms
+// generation `forming` (0: not known yet: the root is fresh and every rank so far was fresh too).
+enum class GenerationVerdict : uint8_t {
+  kJoin,   // fresh, not known yet, or the same generation
+  kStale,  // asks for an older generation than the one forming: refuse this connection
+  kNewer,  // asks for a newer one: what forms so far is stale (ranks that asked for less, or the root)
+};
+GenerationVerdict JudgeGeneration(uint64_t asked, uint64_t forming);
+
 // Root side: a collective's header with its phase and blob lengths within bounds.
 StatusOr<MsgHeader> DecodeMsgHeader(std::span<const uint8_t> bytes);
 // Whether a decoded header (and the phase bytes that followed it) is the collective the root is in.
@@ -78,7 +91,8 @@ bool SameCollective(const MsgHeader& h, std::string_view got_phase, Kind kind, u
 
 // Rank side: the root's reply to collective `kind` of `world` ranks to which this rank gave `mine_size`
 // bytes. An OK reply must have the length that collective produces (all-gather: world * mine_size
-// exactly; all-gather-v: at least 8 per rank; broadcast: at most kMaxBlob; barrier and connect: 0); an
+// exactly; all-gather-v: at least 8 per rank; broadcast: at most kMaxBlob; barrier: 0; connect: the
+// welcome's kWelcomeBytes); an
 // error reply a known code and at most kMaxErrorText bytes of text.
 StatusOr<ReplyHeader> DecodeReplyHeader(std::span<const uint8_t> bytes, Kind kind, int world,
                                         size_t mine_size);

@@ -24,7 +24,7 @@ StatusOr<std::unique_ptr<Context>> Context::Create() {
 StatusOr<std::unique_ptr<Context>> Context::Create(const Placement& p, const ContextOptions& o) {
   SetLogRank(p.rank);
   // Before anything that starts threads: the armed point is read without ordering by every thread.
-  EPX_RETURN_IF_ERROR(ArmFaultInjection(p.rank, p.world_size));
+  EPX_RETURN_IF_ERROR(ArmFaultInjection(p.rank, p.world_size, p.restart_count));
   std::unique_ptr<Context> c(new Context(p, o));
   EPX_ASSIGN_OR_RETURN(c->boot_, Bootstrap::Create(p, std::chrono::milliseconds(o.bootstrap_timeout_ms)));
   EPX_ASSIGN_OR_RETURN(c->heap_, SymmetricHeap::Create(o.heap, p.rank, p.world_size));
@@ -43,8 +43,9 @@ StatusOr<std::unique_ptr<Context>> Context::Create(const Placement& p, const Con
   c->node_ = std::make_unique<ShmTransport>(*c->heap_, c->node_ranks_, ctl::kNodeBarrier, o.timeout_ms);
   c->node_->SetHealth(c->live_.get());
   if (p.rank == 0)
-    EPX_INFO("context up: {} ranks, {} nodes x {} local; heap {} MiB {}", p.world_size, p.num_nodes, p.local_size,
-             c->heap_->size() >> 20, PageKindName(c->heap_->page_kind()));
+    EPX_INFO("context up: {} ranks, {} nodes x {} local; heap {} MiB {}; generation {}", p.world_size,
+             p.num_nodes, p.local_size, c->heap_->size() >> 20, PageKindName(c->heap_->page_kind()),
+             c->boot_->generation());
   return c;
 }
 

@@ -8,6 +8,20 @@
 //   auto ctx = Context::Create();            // placement from the environment (any launcher)
 //   ctx->node().Put(peer, off, src, n);      // NVLink stand-in inside the logical node
 //   ctx->node().Barrier("step");
+//
+// Re-admission of a restarted rank (e.g. `epx-run --respawn`): every rank, the survivors and the
+// restarted process alike, destroys its buffers and its Context (the survivors; the restarted process has
+// none) and calls Create() again with the same placement. That is collective like the first Create: it
+// returns once every rank is back, or fails after EPX_BOOTSTRAP_TIMEOUT naming the ranks that did not
+// come. Each such round is a new generation of the job (generation(): 1, 2, ...; transport/bootstrap.h
+// "Generations"): the process remembers the last one it joined and the bootstrap refuses a stale process
+// (an older incarnation of a restarted rank) instead of mixing it in, so the caller passes nothing.
+// A survivor (masking the dead rank meanwhile, kernels/ll.h) can destroy its Context at any time: no
+// destructor holds a barrier or waits for a peer to answer (an LlBuffer only quiets the RDMA work it
+// posted itself: at once with EPX_RDMA=shm; on verbs, work towards a dead peer completes with an error
+// once the QP gives up, within EPX_TIMEOUT), and the heap memfds, their mappings and every socket go with
+// it, so generations share nothing but the master port. The new Context's liveness watch (liveness())
+// knows the restarted process by its new pid.
 #pragma once
 
 #include <memory>
@@ -52,6 +66,8 @@ class Context {
   const Placement& placement() const { return placement_; }
   int rank() const { return placement_.rank; }
   int world_size() const { return placement_.world_size; }
+  // Which formation of the job this Context belongs to: 1 for the first, +1 for each re-creation.
+  uint64_t generation() const { return boot_->generation(); }
   Bootstrap& bootstrap() { return *boot_; }
   SymmetricHeap& heap() { return *heap_; }
   HeapAllocator& allocator() { return alloc_; }

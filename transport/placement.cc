@@ -58,8 +58,9 @@ EnvFn ProcessEnv() {
 }
 
 std::string Placement::ToString() const {
-  return fmt::format("rank {}/{} (node {}/{}, local {}/{}) master {}:{} job '{}' via {}", rank, world_size, node,
-                     num_nodes, local_rank, local_size, master_addr, master_port, job_id, launcher);
+  return fmt::format("rank {}/{} (node {}/{}, local {}/{}) master {}:{} job '{}' via {}{}", rank, world_size,
+                     node, num_nodes, local_rank, local_size, master_addr, master_port, job_id, launcher,
+                     restart_count > 0 ? fmt::format(", restart {}", restart_count) : std::string());
 }
 
 StatusOr<Placement> PlacementFromEnv(const EnvFn& env) {
@@ -130,6 +131,9 @@ StatusOr<Placement> PlacementFromEnv(const EnvFn& env) {
   }
   if (p.master_port < 1 || p.master_port > 65535)
     return EPX_ERROR(kInvalidArgument, "master port {} is not in 1..65535", p.master_port);
+
+  EPX_ASSIGN_OR_RETURN(auto restarts, ReadInt(env, "EPX_RESTART_COUNT", nullptr));
+  p.restart_count = restarts.value_or(0);
 
   // An empty job id counts as unset (as in epx-run): it names the heap sockets and keys the bootstrap
   // hello, so '' would make every job that sets it empty the same job.

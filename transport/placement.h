@@ -14,6 +14,9 @@
 // Master address: EPX_MASTER_ADDR, else MASTER_ADDR, else 127.0.0.1 when all ranks are on one host.
 // Master port: EPX_MASTER_PORT, else MASTER_PORT, else 29500 (+ SLURM_JOB_ID % 1000 under Slurm).
 // Job id: EPX_JOB_ID, else the launcher's, else derived from the master endpoint; an empty one is unset.
+// Incarnation: EPX_RESTART_COUNT (set by `epx-run --respawn`: 0 for a rank's first process, k for its
+// k-th restart), else 0. It only tells a restarted process that it is one (fault injection arms in the
+// first incarnation only, core/fault.h); joining the job again needs nothing from it (transport/bootstrap.h).
 #pragma once
 
 #include <functional>
@@ -34,6 +37,7 @@ struct Placement {
   int master_port = 29500;
   std::string job_id;    // same on every rank of one job; names sockets so jobs never collide
   std::string launcher;  // "epx-run", "torchrun", "openmpi", "slurm", "single"
+  int restart_count = 0;  // EPX_RESTART_COUNT: this process is the rank's restart number k (0: first)
 
   int RankOf(int node_index, int local) const { return node_index * local_size + local; }
   std::string ToString() const;

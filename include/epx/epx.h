@@ -20,6 +20,11 @@
 //
 // Every call returns epx::Status / epx::StatusOr<T>; nothing throws. Dispatch and combine
 // (normal and low-latency kernels) are added on top of this runtime.
+//
+// A runtime whose peer died is not usable any more. When the dead rank's process is started again (e.g.
+// `epx-run --respawn`), every rank destroys its runtime and buffers and calls Runtime::Create() again,
+// the restarted process included: that re-admits it (transport/context.h "Re-admission";
+// generation() counts these re-creations, and a stale process is refused rather than mixed in).
 #pragma once
 
 #include "core/status.h"

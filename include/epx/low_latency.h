@@ -31,6 +31,10 @@
 //     the EPX_TIMEOUT deadline and names the peer, the buffer and the counter.
 //   * All ranks make the same sequence of LL calls with the same H and FP8 options per call (a
 //     disagreement on H/FP8 is reported by the receiver, naming the source).
+//   * A rank that dies: with mask_on_failure the survivors skip it and their results equal the reference
+//     without it (kernels/ll.h "Masking"). To take the rank back once its process was restarted (e.g.
+//     `epx-run --respawn`), every rank destroys its buffers and Context and creates new ones, the restarted
+//     process included (transport/context.h "Re-admission"); results equal the full reference again.
 #pragma once
 
 #include "core/status.h"

@@ -139,6 +139,25 @@ TEST(FaultInjection, TheArmedRankDiesOfSigkillAtTheNthHit) {
       << text;
 }
 
+// epx-run --respawn: the fault is the death of the rank's first process; its restart (EPX_RESTART_COUNT
+// > 0) must live, or a re-admission test would kill every incarnation. A bad value is still an error.
+TEST(FaultInjection, ARestartOfTheNamedRankDoesNotArm) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("EPX_FAULT", "rank=1,point=normal.layout", 1);
+    if (!ArmFaultInjection(1, 2, /*restart_count=*/1).ok()) ::_exit(10);
+    for (int i = 0; i < 3; ++i) EPX_FAULT_POINT(kNormalLayout);
+    ::setenv("EPX_FAULT", "rank=1,point=nowhere", 1);
+    ::_exit(ArmFaultInjection(1, 2, 1).ok() ? 11 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << (WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                              : fmt::format("exit {}", WEXITSTATUS(status)));
+}
+
 // A child that sends its identity and then sleeps until killed.
 struct Child {
   pid_t pid = -1;

@@ -18,8 +18,14 @@
 // A wrong result prints "fault-worker: rank R CHECK FAILED ..." and the rank exits 4 after its rounds.
 // Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline).
 //
-//   fault_worker [--rounds N] [--mask] [--ll-channels C]
+// --readmit (readmit_worker.cc, under epx-run --respawn): --mask up to the victim's death and after it,
+// then every rank re-creates its Context, the restarted victim joins, and all ranks run checked rounds
+// against the full reference.
+//
+//   fault_worker [--rounds N] [--mask | --readmit] [--ll-channels C]
 //                                   prints "fault-worker: ready rank R pid P" once set up
+#include "tests/fault/fault_worker.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <time.h>
@@ -44,7 +50,6 @@
 #include "transport/context.h"
 
 namespace epx {
-namespace {
 
 long long MonoNs() {
   timespec ts{};
@@ -61,6 +66,8 @@ long long MonoNs() {
   // No destructors: a buffer whose call failed is not usable, and nothing here needs flushing.
   ::_exit(3);
 }
+
+namespace {
 
 template <typename T>
 std::span<const T> As(const std::vector<uint8_t>& v) {
@@ -342,9 +349,11 @@ struct MaskChecker {
   }
 };
 
-int RunMasked(Context& ctx, int rounds, int channels) {
+}  // namespace
+
+int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
   const int me = ctx.rank(), R = ctx.world_size();
-  auto fault = ParseFaultSpec(std::getenv("EPX_FAULT") ? std::getenv("EPX_FAULT") : "");
+  auto fault = ParseFaultSpec(std::getenv("EPX_FAULT") && !ignore_fault ? std::getenv("EPX_FAULT") : "");
   if (!fault.ok()) Fail(me, "EPX_FAULT", -1, fault.status());
   const bool faulty = fault->enabled();
   if (faulty && fault->point != FaultPoint::kLlDispatchSend && fault->point != FaultPoint::kLlDispatchRecv &&
@@ -458,9 +467,11 @@ int RunMasked(Context& ctx, int rounds, int channels) {
   return 0;
 }
 
+namespace {
+
 int Main(int argc, char** argv) {
   int rounds = 3, ll_channels = 1;
-  bool mask = false;
+  bool mask = false, readmit = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
       rounds = std::atoi(argv[++i]);
@@ -468,13 +479,19 @@ int Main(int argc, char** argv) {
       ll_channels = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--mask") == 0) {
       mask = true;
+    } else if (std::strcmp(argv[i], "--readmit") == 0) {
+      readmit = true;
     } else {
       std::fprintf(stderr, "fault-worker: unknown argument '%s'\n", argv[i]);
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  if (mask) SetLogSink(&StampMaskNotices);  // before any thread of the library exists
+  if (mask || readmit) SetLogSink(&StampMaskNotices);  // before any thread of the library exists
+  if (readmit) {
+    if (auto p = PlacementFromEnv(); p.ok()) g_me = p->rank;  // for the mask notices; errors come later
+    return RunReadmit(rounds, ll_channels);
+  }
 
   auto ctx_or = Context::Create();
   if (!ctx_or.ok()) {
@@ -485,7 +502,7 @@ int Main(int argc, char** argv) {
   const int me = ctx.rank(), R = ctx.world_size();
   std::printf("fault-worker: ready rank %d pid %d\n", me, static_cast<int>(::getpid()));
   g_me = me;
-  if (mask) return RunMasked(ctx, rounds, ll_channels);
+  if (mask) return RunMasked(ctx, rounds, ll_channels, /*ignore_fault=*/false);
 
   auto ncfg = NormalConfig::FromEnv();
   if (!ncfg.ok()) Fail(me, "NormalConfig::FromEnv", -1, ncfg.status());

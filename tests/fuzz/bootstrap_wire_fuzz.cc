@@ -33,6 +33,13 @@ void FuzzHello(FuzzedDataProvider& in) {
     // Only now may the root index its table with the peer's rank.
     FUZZ_CHECK(h->rank > 0 && h->rank < world && fds[static_cast<size_t>(h->rank)] < 0, "rank {}", h->rank);
     FUZZ_CHECK(h->world == world && h->job_hash == job && h->version == kVersion, "");
+    // Any generation is a valid request; the root's verdict orders it against the one forming.
+    const uint64_t g = h->generation;
+    FUZZ_CHECK(JudgeGeneration(g, g) == GenerationVerdict::kJoin &&
+                   JudgeGeneration(g, 0) == GenerationVerdict::kJoin,
+               "generation {}", g);
+    if (g > 1) FUZZ_CHECK(JudgeGeneration(g - 1, g) == GenerationVerdict::kStale, "generation {}", g);
+    if (g > 1) FUZZ_CHECK(JudgeGeneration(g, g - 1) == GenerationVerdict::kNewer, "generation {}", g);
   } else {
     FUZZ_CHECK(st.code() == Code::kInvalidArgument, "{}", st.ToString());
   }
@@ -82,6 +89,9 @@ void FuzzReply(FuzzedDataProvider& in) {
       break;
     case Kind::kBroadcast:
       FUZZ_CHECK(h->len <= kMaxBlob, "len {}", h->len);
+      break;
+    case Kind::kConnect:
+      FUZZ_CHECK(h->len == kWelcomeBytes, "len {}", h->len);
       break;
     default:
       FUZZ_CHECK(h->len == 0, "len {}", h->len);

@@ -129,7 +129,9 @@ int main(int argc, char** argv) {
   }
   if ((mode == "rank-exit" || mode == "termproof") && argc == 4) {
     if (rank == arg(2)) {
-      SleepSeconds(0.2);
+      // termproof: long enough for the others to ignore SIGTERM first even on a loaded machine (with
+      // 0.2 s, a rank not yet past its signal() calls died of the SIGTERM: a flaky grace-period test).
+      SleepSeconds(mode == "termproof" ? 1.0 : 0.2);
       return arg(3);
     }
     SleepSeconds(kLong);

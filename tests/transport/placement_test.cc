@@ -35,6 +35,7 @@ TEST(Placement, EpxRun) {
   EXPECT_EQ(p->master_port, 4000);
   EXPECT_EQ(p->job_id, "j1");
   EXPECT_EQ(p->RankOf(1, 1), 5);
+  EXPECT_EQ(p->restart_count, 0);  // no EPX_RESTART_COUNT: the first incarnation
 }
 
 TEST(Placement, Torchrun) {
@@ -98,6 +99,16 @@ TEST(Placement, BadValuesAreNamed) {
   ExpectError({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}, "not in 1..65535");
   ExpectError({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "8"}, {"SLURM_NTASKS_PER_NODE", "4"}}, "EPX_MASTER_ADDR");
   ExpectError({{"EPX_RANK", "0"}, {"EPX_WORLD_SIZE", "0"}}, "world size must be >= 1");
+}
+
+// epx-run --respawn tells a restarted process which restart it is.
+TEST(Placement, RestartCount) {
+  auto p = From({{"EPX_RANK", "1"}, {"EPX_WORLD_SIZE", "2"}, {"EPX_RESTART_COUNT", "2"}});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->restart_count, 2);
+  EXPECT_NE(p->ToString().find("restart 2"), std::string::npos) << p->ToString();
+  ExpectError({{"EPX_RANK", "1"}, {"EPX_WORLD_SIZE", "2"}, {"EPX_RESTART_COUNT", "x"}},
+              "EPX_RESTART_COUNT='x'");
 }
 
 // Found by tests/fuzz/placement_fuzz: an empty EPX_JOB_ID was taken as the job id, so every job that

@@ -48,6 +48,8 @@ TEST(BootstrapWire, ReplyLengthIsBoundedByTheCollective) {
   EXPECT_TRUE(DecodeReplyHeader(hdr(0, 4 * 96), Kind::kAllGather, 4, 96).ok());
   EXPECT_FALSE(DecodeReplyHeader(hdr(0, 4 * 96 + 1), Kind::kAllGather, 4, 96).ok());
   EXPECT_FALSE(DecodeReplyHeader(hdr(0, 1), Kind::kBarrier, 4, 0).ok());
+  EXPECT_TRUE(DecodeReplyHeader(hdr(0, kWelcomeBytes), Kind::kConnect, 4, 0).ok());  // the generation
+  EXPECT_FALSE(DecodeReplyHeader(hdr(0, 0), Kind::kConnect, 4, 0).ok());  // a version-1 root's welcome
   EXPECT_FALSE(DecodeReplyHeader(hdr(0, kMaxBlob + 1), Kind::kBroadcast, 4, 0).ok());
   EXPECT_FALSE(DecodeReplyHeader(hdr(0, 8 * 3), Kind::kAllGatherV, 4, 0).ok());
   EXPECT_TRUE(DecodeReplyHeader(hdr(3, 100), Kind::kBarrier, 4, 0).ok());
@@ -60,13 +62,13 @@ TEST(BootstrapWire, ReplyLengthIsBoundedByTheCollective) {
 TEST(BootstrapWire, HelloAndMessageHeader) {
   const uint64_t job = JobHash("j");
   std::vector<int> fds = {-1, -1, 5, -1};
-  auto h = DecodeHello(Encode(Hello{kMagic, kVersion, 1, 4, job}));
+  auto h = DecodeHello(Encode(Hello{kMagic, kVersion, 1, 4, job, 0}));
   ASSERT_TRUE(h.ok());
   EXPECT_TRUE(CheckHello(*h, job, 4, fds).ok());
-  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 2, 4, job}, job, 4, fds).ok());  // joined twice
-  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 4, 4, job}, job, 4, fds).ok());
-  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 1, 4, job + 1}, job, 4, fds).ok());
-  EXPECT_FALSE(DecodeHello(Encode(Hello{0, kVersion, 1, 4, job})).ok());
+  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 2, 4, job, 0}, job, 4, fds).ok());  // joined twice
+  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 4, 4, job, 0}, job, 4, fds).ok());
+  EXPECT_FALSE(CheckHello(Hello{kMagic, kVersion, 1, 4, job + 1, 0}, job, 4, fds).ok());
+  EXPECT_FALSE(DecodeHello(Encode(Hello{0, kVersion, 1, 4, job, 0})).ok());
   EXPECT_FALSE(DecodeMsgHeader(Encode(MsgHeader{kMagic, 1, 1, 0, kMaxPhase + 1, 0})).ok());
   EXPECT_FALSE(DecodeMsgHeader(Encode(MsgHeader{kMagic, 1, 1, 0, 4, kMaxBlob + 1})).ok());
   auto m = DecodeMsgHeader(Encode(MsgHeader{kMagic, 1, 7, 0, 4, 16}));
@@ -74,6 +76,27 @@ TEST(BootstrapWire, HelloAndMessageHeader) {
   EXPECT_TRUE(SameCollective(*m, "heap", Kind::kAllGather, 7, 0, "heap"));
   // Phases compare as byte strings: one with a NUL inside is not the same as its prefix.
   EXPECT_FALSE(SameCollective(*m, std::string_view("he\0p", 4), Kind::kAllGather, 7, 0, "he"));
+}
+
+// Generations (transport/bootstrap.h): a hello from a process that last joined an older generation is
+// refused; a fresh one (0) joins any; a newer one means what forms so far is stale.
+TEST(BootstrapWire, GenerationOfAHello) {
+  EXPECT_EQ(JudgeGeneration(0, 0), GenerationVerdict::kJoin);  // first start of the job
+  EXPECT_EQ(JudgeGeneration(0, 3), GenerationVerdict::kJoin);  // a restarted process joins generation 3
+  EXPECT_EQ(JudgeGeneration(3, 0), GenerationVerdict::kJoin);  // a restarted root takes it from the hello
+  EXPECT_EQ(JudgeGeneration(3, 3), GenerationVerdict::kJoin);
+  EXPECT_EQ(JudgeGeneration(2, 3), GenerationVerdict::kStale);  // missed generation 2: refused
+  EXPECT_EQ(JudgeGeneration(1, 3), GenerationVerdict::kStale);
+  EXPECT_EQ(JudgeGeneration(4, 3), GenerationVerdict::kNewer);
+  // The field travels: a version-1 hello (24 bytes) is not a hello any more.
+  const uint64_t job = JobHash("j");
+  auto h = DecodeHello(Encode(Hello{kMagic, kVersion, 1, 4, job, 7}));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->generation, 7u);
+  auto bytes = Encode(Hello{kMagic, kVersion, 1, 4, job, 7});
+  EXPECT_FALSE(DecodeHello({bytes.data(), 24}).ok());
+  std::vector<int> fds = {-1, -1, -1, -1};
+  EXPECT_FALSE(CheckHello(Hello{kMagic, 1, 1, 4, job, 0}, job, 4, fds).ok());  // protocol version 1
 }
 
 verbs::RankRecord Record(int rank) {

@@ -3,7 +3,7 @@
 // prefixes and supervises them (first failure, signals, timeout); see process_group.h.
 //
 //   epx-run -n R [--nodes N] [--nnodes M --node-rank i --master HOST:PORT] [--no-bind] [--timeout S]
-//           [--grace S] [--print-config] [--tag-output|--no-tag] -- PROGRAM ARGS...
+//           [--grace S] [--respawn K] [--print-config] [--tag-output|--no-tag] -- PROGRAM ARGS...
 //
 // Rank model (transport/placement.h): N logical nodes of L = R/N ranks, rank = node*L + local. The
 // M hosts split the ranks evenly: host i starts ranks [i*R/M, (i+1)*R/M) (so N must be a multiple of
@@ -34,8 +34,8 @@ namespace {
 
 // The variables epx-run owns in each rank's environment (inherited values are replaced).
 constexpr const char* kContractVars[] = {
-    "EPX_RANK",        "EPX_WORLD_SIZE", "EPX_LOCAL_RANK", "EPX_LOCAL_SIZE", "EPX_MASTER_ADDR",
-    "EPX_MASTER_PORT", "EPX_JOB_ID",     "EPX_LAUNCHER",   "EPX_NUMA_NODE",  "EPX_CPUS"};
+    "EPX_RANK",   "EPX_WORLD_SIZE", "EPX_LOCAL_RANK", "EPX_LOCAL_SIZE", "EPX_MASTER_ADDR",  "EPX_MASTER_PORT",
+    "EPX_JOB_ID", "EPX_LAUNCHER",   "EPX_NUMA_NODE",  "EPX_CPUS",       "EPX_RESTART_COUNT"};
 
 struct Args {
   int np = 0;
@@ -46,6 +46,7 @@ struct Args {
   bool no_bind = false;
   double timeout_s = 0;
   double grace_s = 0;
+  int respawn = 0;
   bool print_config = false;
   bool tag = true;
   std::vector<std::string> command;
@@ -82,6 +83,8 @@ Layout Validate(Args& a) {
   if (a.timeout_s < 0) throw ValidationError("--timeout", "must not be negative");
   if (!(a.grace_s >= 0 && a.grace_s <= 86400))
     throw ValidationError("--grace", fmt::format("{} is not a number of seconds in [0, 86400]", a.grace_s));
+  if (a.respawn < 0 || a.respawn > 1000)
+    throw ValidationError("--respawn", fmt::format("{} is not a number of restarts in [0, 1000]", a.respawn));
   if (a.command.empty() && !a.print_config)
     throw ValidationError("PROGRAM", "missing: usage is epx-run -n R [options] -- PROGRAM [ARGS...]");
 
@@ -179,6 +182,7 @@ std::vector<std::string> RankEnv(const Layout& l, int rank, const std::string& j
   set("EPX_LAUNCHER", "epx-run");
   set("EPX_NUMA_NODE", pin != nullptr ? pin->numa_node : -1);
   set("EPX_CPUS", FormatCpuList(pin != nullptr ? pin->cpus : unbound_cpus, /*ranges=*/false));
+  set("EPX_RESTART_COUNT", 0);  // the supervisor counts it up when it restarts the rank (--respawn)
   return env;
 }
 
@@ -233,15 +237,23 @@ int Main(int argc, char** argv) {
   app.add_option("--timeout", a.timeout_s, "kill the job after S seconds (exit code 124); 0: none");
   app.add_option("--grace", a.grace_s,
                  "when a rank fails, let the others run up to S seconds (to detect and report it themselves) "
-                 "before terminating them; 0 (default): terminate them at once");
+                 "before terminating them; 0 (default): terminate them at once. Applies to a failure that "
+                 "is the job's (no --respawn restart left), never to a rank that is restarted");
+  app.add_option(
+      "--respawn", a.respawn,
+      "restart a rank that fails (killed by a signal or non-zero exit) up to K times per rank, at "
+      "once, as the same rank with the same environment and pinning plus EPX_RESTART_COUNT=k; such "
+      "a failure is not the job's (the others run on); the job exits 0 when every rank's last "
+      "process exited 0. 0 (default): never");
   app.add_flag("--print-config", a.print_config, "print tunables and the placement plan, then exit");
   app.add_flag("--tag-output,!--no-tag", a.tag, "prefix output lines with [r<rank>] (default on)");
   app.add_option("command", a.command, "PROGRAM [ARGS...] (after --)")->expected(-1);
   app.footer(
       "Each rank gets EPX_RANK EPX_WORLD_SIZE EPX_LOCAL_RANK EPX_LOCAL_SIZE EPX_MASTER_ADDR EPX_MASTER_PORT\n"
-      "EPX_JOB_ID EPX_LAUNCHER=epx-run EPX_NUMA_NODE EPX_CPUS. Exit code: 0, the first failing rank's code\n"
-      "(128+signal if killed; the last line names it), 124 on --timeout, 128+signal if epx-run itself was\n"
-      "interrupted.");
+      "EPX_JOB_ID EPX_LAUNCHER=epx-run EPX_NUMA_NODE EPX_CPUS EPX_RESTART_COUNT (0, or k in the k-th\n"
+      "restart of a rank with --respawn). Exit code: 0, the first failing rank's code (128+signal if\n"
+      "killed; the last line names it, and any restarts), 124 on --timeout, 128+signal if epx-run itself\n"
+      "was interrupted.");
   Layout l;
   try {
     app.parse(argc, argv);
@@ -297,6 +309,7 @@ int Main(int argc, char** argv) {
   if (a.timeout_s > 0)
     opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000.0 + 0.5));
   opts.failure_grace = std::chrono::milliseconds(static_cast<int64_t>(a.grace_s * 1000.0 + 0.5));
+  opts.respawn = a.respawn;
   auto sup = Supervisor::Create(opts);
   if (!sup.ok()) {
     fmt::print(stderr, "epx-run: {}\n", sup.status().message());

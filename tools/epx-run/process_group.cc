@@ -161,6 +161,11 @@ Supervisor::~Supervisor() {
 }
 
 Status Supervisor::Spawn(const RankLaunch& launch, const std::vector<std::string>& argv) {
+  specs_[launch.rank] = RankSpec{launch, argv, 0};
+  return Start(launch, argv, 0);
+}
+
+Status Supervisor::Start(const RankLaunch& launch, const std::vector<std::string>& argv, int incarnation) {
   // Everything the child needs is built before fork: the child only makes syscalls.
   std::vector<char*> args, envp;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -241,6 +246,7 @@ Status Supervisor::Spawn(const RankLaunch& launch, const std::vector<std::string
   Rank r;
   r.rank = launch.rank;
   r.pid = pid;
+  r.incarnation = incarnation;
   if (opts_.tag_output) {
     ::fcntl(out[0], F_SETFL, O_NONBLOCK);
     ::fcntl(err[0], F_SETFL, O_NONBLOCK);
@@ -326,15 +332,25 @@ void Supervisor::OnRankExit(Rank& r, int status) {
     return;
   }
   if (!failed || stopping_) return;  // once stopping, deaths are the ones we caused
+  const std::string what = WIFEXITED(status)
+                               ? fmt::format("exited with code {}", code)
+                               : fmt::format("killed by {} (signal {}, {})", SignalName(WTERMSIG(status)),
+                                             WTERMSIG(status), strsignal(WTERMSIG(status)));
+  if (first_failure_.empty() && specs_[r.rank].restarts < opts_.respawn) {
+    // Not the job's failure. Started again once the whole reap is done (RestartFailed): a later death of
+    // the same batch may still make it the job's.
+    to_restart_.push_back(Restart{r.rank, r.pid, code, how, what});
+    return;
+  }
+  JobFailed(r.rank, r.pid, code, how, what);
+}
+
+void Supervisor::JobFailed(int rank, pid_t pid, int code, const std::string& how, const std::string& what) {
   exit_code_ = code;
-  Say(fmt::format("epx-run: rank {} (pid {}) {}", r.rank, r.pid, how));
-  first_failed_rank_ = r.rank;
+  Say(fmt::format("epx-run: rank {} (pid {}) {}", rank, pid, how));
+  first_failed_rank_ = rank;
   failed_at_ = Clock::now();
-  first_failure_ =
-      WIFEXITED(status)
-          ? fmt::format("rank {} (pid {}) exited with code {}", r.rank, r.pid, code)
-          : fmt::format("rank {} (pid {}) killed by {} (signal {}, {})", r.rank, r.pid,
-                        SignalName(WTERMSIG(status)), WTERMSIG(status), strsignal(WTERMSIG(status)));
+  first_failure_ = fmt::format("rank {} (pid {}) {}", rank, pid, what);
   const int others = AliveCount();
   if (others > 0 && opts_.failure_grace.count() > 0) {
     survive_until_ = failed_at_ + opts_.failure_grace;
@@ -406,6 +422,41 @@ void Supervisor::ReapExited() {
   }
   std::stable_partition(batch.begin(), batch.end(), [](const auto& b) { return WIFSIGNALED(b.second); });
   for (auto& [r, status] : batch) OnRankExit(*r, status);
+  RestartFailed();
+}
+
+void Supervisor::RestartFailed() {
+  std::vector<Restart> todo;
+  todo.swap(to_restart_);
+  for (const Restart& t : todo) {
+    if (!first_failure_.empty() || stopping_) {  // the job failed meanwhile: its ranks are going down
+      Say(fmt::format("epx-run: rank {} (pid {}) {}; not restarted: the job is failing", t.rank, t.pid,
+                      t.what));
+      continue;
+    }
+    RankSpec& spec = specs_[t.rank];
+    ++spec.restarts;
+    RankLaunch launch = spec.launch;
+    std::erase_if(launch.env, [](const std::string& e) { return e.rfind("EPX_RESTART_COUNT=", 0) == 0; });
+    launch.env.push_back(fmt::format("EPX_RESTART_COUNT={}", spec.restarts));
+    if (Status st = Start(launch, spec.argv, spec.restarts); !st.ok()) {
+      Say(fmt::format("epx-run: rank {} (pid {}) {}; restarting it ({} of {}) failed: {}", t.rank, t.pid,
+                      t.what, spec.restarts, opts_.respawn, st.message()));
+      JobFailed(t.rank, t.pid, t.code, t.how, t.what);
+      continue;
+    }
+    const pid_t now = ranks_.back().pid;
+    Say(fmt::format("epx-run: rank {} (pid {}) {}; restarting it ({} of {}) as pid {}", t.rank, t.pid, t.what,
+                    spec.restarts, opts_.respawn, now));
+    restarts_.push_back(fmt::format("rank {} (pid {} {}) as pid {}", t.rank, t.pid, t.what, now));
+  }
+}
+
+std::string Supervisor::RestartSummary() const {
+  std::string list;
+  for (const auto& r : restarts_) list += (list.empty() ? "" : ", ") + r;
+  return fmt::format("{} restart{} (--respawn {}): {}", restarts_.size(), restarts_.size() == 1 ? "" : "s",
+                     opts_.respawn, list);
 }
 
 void Supervisor::HandleSignals() {
@@ -509,7 +560,11 @@ int Supervisor::Run() {
   }
   // The cause last, after every rank's own words: what a reader of a long log looks for first.
   if (!first_failure_.empty())
-    Say(fmt::format("epx-run: exit code {}: {} (the first rank to fail)", exit_code_, first_failure_));
+    Say(fmt::format("epx-run: exit code {}: {} (the first rank to fail){}", exit_code_, first_failure_,
+                    restarts_.empty() ? "" : "; before it, " + RestartSummary()));
+  else if (!restarts_.empty())
+    Say(fmt::format("epx-run: exit code {}: {}{}", exit_code_,
+                    exit_code_ == 0 ? "every rank's last process exited 0, after " : "", RestartSummary()));
   return exit_code_;
 }
 

@@ -1,0 +1,26 @@
+// tests/fault/fault_worker.h: what the files of fault_worker share (fault_worker.cc: the normal and
+// --mask modes and main; readmit_worker.cc: --readmit).
+#pragma once
+
+#include "core/status.h"
+#include "transport/context.h"
+
+namespace epx {
+
+// CLOCK_MONOTONIC in ns: the same clock in every process of the host, so the tests compare these times
+// with the victim's "t_mono_ns=" line of core/fault.cc.
+long long MonoNs();
+
+// "fault-worker: rank R FAILED t_mono_ns=T in <call> (round N): <status>" on stderr, then _exit(3).
+[[noreturn]] void Fail(int rank, const char* call, int round, const Status& s);
+
+// --mask on `ctx` (fault_worker.cc): low-latency rounds with mask_on_failure, every result checked against
+// the reference with or without the EPX_FAULT victim. With ignore_fault, EPX_FAULT is not looked at: `rounds`
+// checked rounds against the full reference, nobody masked, ending with a bootstrap barrier. Returns the
+// exit code (0: all checks passed); the victim never returns.
+int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault);
+
+// --readmit (readmit_worker.cc): the whole run, Contexts included. Returns the exit code.
+int RunReadmit(int rounds, int channels);
+
+}  // namespace epx
