@@ -163,7 +163,7 @@ struct LlState {
       EPX_RETURN_IF_ERROR(rdma->WaitCounter(off, target,
                                             fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer,
                                                         diag()),
-                                            &masked[static_cast<size_t>(writer)]));
+                                            &masked[static_cast<size_t>(writer)], writer));
       EPX_ASSIGN_OR_RETURN(v, rdma->ReadCounter(off));
     }
     *waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();

@@ -79,48 +79,71 @@ inline int ExpectedFromForwarder(const NormalHandle& h, int g, int c) {
 }
 
 // Progress-loop pacing of a channel thread: back off after a pass without progress, give up after
-// EPX_TIMEOUT without progress, when another channel failed, or when a peer is known dead. Liveness
-// (`health`, the Context's PeerLiveness) is asked only on the slow path: every 64th idle pass once
-// the idle stretch is kLivenessAfter old or the back-off sleeps (the channel threads' yield phase is
-// long, EPX_NORMAL_YIELD_ITERS), and it rate-limits its own syscalls.
+// EPX_TIMEOUT without progress, when another channel failed, or when a peer is known dead. Two health
+// sources: `health`, the Context's PeerLiveness (processes of this host), and `remote`, the RDMA
+// domain's (RdmaDomain::health(): liveness probes of peers on other hosts, failed QPs). The ring waits
+// read counters without ever calling WaitCounter, so without `remote` nothing would drive the probes
+// and a death on another host would end as a bare timeout. Both are asked only on the slow path: every
+// 64th idle pass once the idle stretch is kLivenessAfter old or the back-off sleeps (the channel
+// threads' yield phase is long, EPX_NORMAL_YIELD_ITERS), and both rate-limit their own syscalls
+// (liveness scans, probe posts).
 class ProgressWatch {
  public:
   static constexpr std::chrono::milliseconds kLivenessAfter{20};
+  // The RDMA domain's health sends probes: asked only in idle stretches this long (a healthy call
+  // rarely idles that long; a probe left in flight to a peer that then dies delays our exit).
+  static constexpr std::chrono::milliseconds kRemoteAfter{500};
 
   ProgressWatch(int64_t timeout_ms, const BackoffPolicy& policy, const std::atomic<bool>* abort,
-                WaitHealth* health = nullptr)
-      : timeout_ms_(timeout_ms), abort_(abort), health_(health), backoff_(policy) {}
+                WaitHealth* health = nullptr, WaitHealth* remote = nullptr)
+      : timeout_ms_(timeout_ms), abort_(abort), health_(health), remote_(remote), backoff_(policy) {}
   // After each pass. Returns an error when the call must stop; `diag()` names what was missing.
   template <typename Diag>
   Status AfterPass(bool progressed, Diag&& diag) {
     if (progressed) {
       backoff_.Reset();
       idle_ = 0;
-      dead_seen_ = false;
+      dead_ = nullptr;
       return Status::Ok();
     }
     if (idle_++ == 0) {
       idle_since_ = Clock::now();  // an idle stretch starts; it may last EPX_TIMEOUT
       deadline_ = idle_since_ + std::chrono::milliseconds(timeout_ms_);
-    } else if (dead_seen_) {
+    } else if (dead_ != nullptr) {
       // A whole pass ran after the death was seen and moved nothing: what it sent before dying (or
       // before exiting normally) has been taken, the rest will never come.
-      return health_->PeerFailure("a normal-mode call",
-                                  fmt::format("{} (no progress for {} ms)", diag(), IdleMs()));
+      return dead_->PeerFailure("a normal-mode call",
+                                fmt::format("{} (no progress for {} ms)", diag(), IdleMs()));
     } else if ((idle_ & 63) == 0) {
       if (abort_->load(std::memory_order_relaxed)) {
-        // Not logged: the failing channel logged the cause. If that was a dead peer, say so here too,
-        // since the caller sees the lowest channel's error.
-        if (health_ != nullptr && health_->PeerDead())
-          return health_->PeerFailure("a normal-mode call",
-                                      fmt::format("{} (stopped: another channel saw the death)", diag()));
-        return Status(Code::kFailedPrecondition, "stopped: another channel of this rank failed");
+        // Not logged: the failing channel logged the cause. If that was a dead peer, say so here too
+        // (more telling than "stopped"); a plain stop is an echo the worker pool reports only when no
+        // channel has a cause of its own (kernels/worker_pool.h).
+        // (The remote health only once the stretch is long: asking may send probes.)
+        const bool remote_due = Clock::now() - idle_since_ >= kRemoteAfter;
+        for (WaitHealth* h : {health_, remote_due ? remote_ : nullptr})
+          if (h != nullptr && h->PeerDead())
+            return h->PeerFailure("a normal-mode call",
+                                  fmt::format("{} (stopped: another channel saw the death)", diag()));
+        return StoppedByOtherWorker();
       }
       const Clock::time_point now = Clock::now();
-      if (now >= deadline_) return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
-      if (health_ != nullptr && (backoff_.sleeping() || now - idle_since_ >= kLivenessAfter) &&
-          health_->PeerDead()) [[unlikely]]
-        dead_seen_ = true;  // fail after one more pass without progress (see above)
+      if (now >= deadline_) {
+        // Last look before a bare timeout: a failure known now is the better explanation.
+        for (WaitHealth* h : {health_, remote_})
+          if (h != nullptr && h->PeerDead())
+            return h->PeerFailure("a normal-mode call",
+                                  fmt::format("{} (no progress for {} ms)", diag(), IdleMs()));
+        return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
+      }
+      if (backoff_.sleeping() || now - idle_since_ >= kLivenessAfter) {
+        // Fail after one more pass without progress (see above). This host's scan first: it names a
+        // killed local rank within its interval, and it is the precise one.
+        if (health_ != nullptr && health_->PeerDead()) [[unlikely]]
+          dead_ = health_;
+        else if (remote_ != nullptr && now - idle_since_ >= kRemoteAfter && remote_->PeerDead()) [[unlikely]]
+          dead_ = remote_;
+      }
     }
     backoff_.Pause();
     return Status::Ok();
@@ -134,10 +157,11 @@ class ProgressWatch {
   int64_t timeout_ms_;
   const std::atomic<bool>* abort_;
   WaitHealth* health_;
+  WaitHealth* remote_;
   Clock::time_point idle_since_{}, deadline_{};
   Backoff backoff_;
   uint32_t idle_ = 0;
-  bool dead_seen_ = false;
+  WaitHealth* dead_ = nullptr;  // the health that saw a death (fail after one more idle pass)
 };
 
 // Drives a channel thread: repeats `pass(&progressed)` (a StatusOr<bool>: all roles done) until it
@@ -145,7 +169,8 @@ class ProgressWatch {
 // never waits on one ring while another of its rings could move.
 template <typename Pass, typename Diag>
 Status RunProgressLoop(const NormalState& st, const std::atomic<bool>& abort, Pass&& pass, Diag&& diag) {
-  ProgressWatch watch(st.timeout_ms, st.idle, &abort, &st.ctx.liveness());
+  ProgressWatch watch(st.timeout_ms, st.idle, &abort, &st.ctx.liveness(),
+                      st.rdma ? &st.rdma->health() : nullptr);
   for (;;) {
     bool progressed = false;
     EPX_ASSIGN_OR_RETURN(bool done, pass(&progressed));

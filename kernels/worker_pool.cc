@@ -3,6 +3,7 @@
 namespace epx {
 
 WorkerPool::WorkerPool(int num_workers) : results_(num_workers) {
+  failed_order_.reserve(static_cast<size_t>(num_workers));
   for (int i = 0; i < num_workers; ++i) threads_.emplace_back([this, i] { Loop(i); });
 }
 
@@ -21,13 +22,16 @@ Status WorkerPool::RunRaw(Trampoline tramp, void* fn) {
     tramp_ = tramp;
     fn_ = fn;
     pending_ = size();
+    failed_order_.clear();
     ++generation_;
   }
   start_cv_.notify_all();
   std::unique_lock<std::mutex> lk(mu_);
   done_cv_.wait(lk, [&] { return pending_ == 0; });
-  for (auto& s : results_)
-    if (!s.ok()) return std::move(s);
+  for (int i : failed_order_)
+    if (!IsStoppedByOtherWorker(results_[static_cast<size_t>(i)]))
+      return std::move(results_[static_cast<size_t>(i)]);
+  if (!failed_order_.empty()) return std::move(results_[static_cast<size_t>(failed_order_.front())]);
   return Status::Ok();
 }
 
@@ -47,6 +51,7 @@ void WorkerPool::Loop(int i) {
     Status s = tramp(fn, i);  // the job: mutex acquire above/below orders it with Run()
     {
       std::lock_guard<std::mutex> g(mu_);
+      if (!s.ok()) failed_order_.push_back(i);
       results_[i] = std::move(s);
       if (--pending_ == 0) done_cv_.notify_one();
     }

@@ -6,12 +6,24 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "core/status.h"
 
 namespace epx {
+
+// What a worker returns when it stopped only because another worker of the same job failed (the job's
+// abort flag): not a cause of its own, so Run() reports another worker's error in preference.
+inline constexpr std::string_view kStoppedByOtherWorker = "stopped: another channel of this rank failed";
+inline Status StoppedByOtherWorker() {
+  return Status(Code::kFailedPrecondition, std::string(kStoppedByOtherWorker));
+}
+inline bool IsStoppedByOtherWorker(const Status& s) {
+  return s.code() == Code::kFailedPrecondition && s.message() == kStoppedByOtherWorker;
+}
 
 class WorkerPool {
  public:
@@ -22,7 +34,9 @@ class WorkerPool {
 
   int size() const { return static_cast<int>(threads_.size()); }
 
-  // Runs fn(i) on worker i for every i and waits; returns the first (lowest-index) error.
+  // Runs fn(i) on worker i for every i and waits. Returns the error of the worker that failed first
+  // (in finishing order), skipping StoppedByOtherWorker() echoes unless nothing else failed: the first
+  // failure is the cause, the others usually its consequences.
   template <typename F>
   Status Run(F& fn) {
     return RunRaw([](void* f, int i) { return (*static_cast<F*>(f))(i); }, &fn);
@@ -42,6 +56,7 @@ class WorkerPool {
   Trampoline tramp_ = nullptr;
   void* fn_ = nullptr;
   std::vector<Status> results_;
+  std::vector<int> failed_order_;  // workers whose result is an error, in the order they finished
 };
 
 }  // namespace epx

@@ -27,7 +27,8 @@
 //     immediate and the receiver applies it while it waits/reads; `add` must then be < 2^16.
 //   * Errors: a failed work completion fails the next call on that channel with an error naming the
 //     peer, QP, opcode and status; flushed work requests are reported as flushed. A dead peer gives
-//     an error within EPX_TIMEOUT, never a hang.
+//     an error within EPX_TIMEOUT, never a hang: WaitCounter and Quiet probe remote peers and consult
+//     the Context's process scan for ranks of this host; other waits ask `health()`.
 //
 // Hot-path rules: Write/WriteImm/FetchAdd/Signal/Flush/ReadCounter allocate nothing, take no lock
 // and make no syscall beyond the doorbell (ibv_post_send); strategy choices (inline threshold,
@@ -43,6 +44,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "core/wait.h"
 
 namespace epx {
 
@@ -101,10 +103,23 @@ class RdmaDomain {
   // Waits (with back-off, deadline EPX_TIMEOUT) until the counter >= target; the error names `what`,
   // the counter and its value. `cancel`: a byte another thread may set (atomic store) to end the wait
   // early with kFailedPrecondition "cancelled" (checked on the slow path; e.g. the writer was masked).
+  // `writer`: the rank expected to move the counter, if one is (-1: unknown): when several peers have
+  // failed, the error names it first (others follow), since survivors that fail and exit make more
+  // peers fail soon after the first death.
   virtual Status WaitCounter(size_t local_off, uint64_t target, std::string_view what,
-                             const uint8_t* cancel = nullptr) = 0;
+                             const uint8_t* cancel = nullptr, int writer = -1) = 0;
   // Collects arrived write-with-immediate events without blocking; returns how many were stored.
   virtual StatusOr<size_t> PollImm(std::span<ImmEvent> out) = 0;
+
+  // Peer health for waits that do not go through WaitCounter (e.g. the normal-mode progress loops,
+  // which poll ring counters with ReadCounter): PeerDead() runs the domain's liveness probes when one
+  // is due, collects their completions and tells whether a connected peer is known to have failed
+  // (failed work request, flushed receive, unanswered probe); PeerFailure() names it (the earliest
+  // failure, the others listed). Slow paths only (after idle passes, once the back-off sleeps): it may
+  // take a lock and post a probe (a syscall on rxe), at most once per probe interval per domain.
+  // The shm domain's peers are processes of this host, watched by the Context's PeerLiveness: its
+  // health never reports a failure.
+  virtual WaitHealth& health() = 0;
 };
 
 // Builds the domain chosen by opts.kind over ctx's heap, connecting opts.peers (collective: every

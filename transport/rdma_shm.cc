@@ -89,7 +89,8 @@ class ShmRdmaDomain final : public RdmaDomain {
   }
 
   Status WaitCounter(size_t local_off, uint64_t target, std::string_view what,
-                     const uint8_t* cancel = nullptr) override {
+                     const uint8_t* cancel = nullptr,
+                     int /*writer: the liveness watch names every dead rank*/ = -1) override {
     EPX_RETURN_IF_ERROR(CheckCounter(0, ctx_.rank(), local_off, "wait_counter"));
     auto& w = Word(heap_.base(), local_off);
     const auto cancelled = [&] { return cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0; };
@@ -105,6 +106,10 @@ class ShmRdmaDomain final : public RdmaDomain {
     if (w.load(std::memory_order_acquire) < target) return Status(Code::kFailedPrecondition, "cancelled");
     return Status::Ok();
   }
+
+  // Every peer is a process of this host: the Context's liveness watch, which every wait consults,
+  // names a dead one. Nothing of the domain itself can fail a peer.
+  WaitHealth& health() override { return no_failure_; }
 
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override {
     uint8_t* b = heap_.base();
@@ -192,8 +197,16 @@ class ShmRdmaDomain final : public RdmaDomain {
     return Status::Ok();
   }
 
+  struct NoFailure final : WaitHealth {
+    bool PeerDead() override { return false; }
+    Status PeerFailure(std::string_view what, std::string_view waiting) override {
+      return Status(Code::kInternal, fmt::format("{}: {}: rdma(shm) knows no failed peer", what, waiting));
+    }
+  };
+
   Context& ctx_;
   SymmetricHeap& heap_;
+  NoFailure no_failure_;
   RdmaOptions opts_;
   RdmaCaps caps_;
   std::vector<bool> connected_;

@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "kernels/normal_config.h"
 #include "kernels/normal_plan.h"
@@ -131,11 +133,34 @@ TEST(WorkerPool, RunsEveryIndexAndReportsTheFirstError) {
     EXPECT_EQ(mask.load(), 7);
   }
   auto fail = [&](int i) {
-    return i == 0 ? Status::Ok() : Status(Code::kInternal, fmt::format("worker {}", i));
+    return i != 1 ? Status::Ok() : Status(Code::kInternal, fmt::format("worker {}", i));
   };
   Status s = pool.Run(fail);
   EXPECT_EQ(s.code(), Code::kInternal);
   EXPECT_EQ(s.message(), "worker 1");
+}
+
+TEST(WorkerPool, ReportsTheFirstFailureNotTheStoppedEchoes) {
+  // Worker 0 stops at once because "another worker failed" (an echo, no cause of its own); worker 2
+  // fails for real; worker 1 fails later. The caller must see worker 2's error, not the lowest index.
+  WorkerPool pool(3);
+  std::atomic<bool> two_done{false};
+  auto fn = [&](int i) {
+    if (i == 0) return StoppedByOtherWorker();
+    if (i == 2) {
+      two_done.store(true);
+      return Status(Code::kPeerFailure, "worker 2");
+    }
+    while (!two_done.load()) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let worker 2's result land first
+    return Status(Code::kTimeout, "worker 1");
+  };
+  Status s = pool.Run(fn);
+  EXPECT_EQ(s.code(), Code::kPeerFailure);
+  EXPECT_EQ(s.message(), "worker 2");
+  // Only echoes: one of them is still reported.
+  auto stopped = [&](int) { return StoppedByOtherWorker(); };
+  EXPECT_TRUE(IsStoppedByOtherWorker(pool.Run(stopped)));
 }
 
 // Two tokens of one source on R=4 ranks: the reference's order and values, written out by hand.

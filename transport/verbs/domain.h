@@ -139,7 +139,13 @@ inline bool Fits(size_t off, size_t len, size_t size) {
 class VerbsDomain final : public RdmaDomain {
  public:
   VerbsDomain(Context& ctx, const RdmaOptions& o)
-      : ctx_(ctx), heap_(ctx.heap()), opts_(o), me_(ctx.rank()), world_(ctx.world_size()), k_(o.channels) {}
+      : ctx_(ctx),
+        heap_(ctx.heap()),
+        opts_(o),
+        me_(ctx.rank()),
+        world_(ctx.world_size()),
+        k_(o.channels),
+        fail_seq_(static_cast<size_t>(ctx.world_size()), 0) {}
 
   Status Init();
 
@@ -212,8 +218,10 @@ class VerbsDomain final : public RdmaDomain {
     return LoadCounter(off);
   }
 
-  Status WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel = nullptr) override;
+  Status WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel = nullptr,
+                     int writer = -1) override;
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override;
+  WaitHealth& health() override { return health_; }
 
   const VerbsInfo& info() const { return info_; }
   Status CorruptRkey(int peer) {
@@ -358,7 +366,13 @@ class VerbsDomain final : public RdmaDomain {
   // work requests, other QPs of the peer) are not logged again.
   bool PeerKnownFailed(int peer);
   void MarkPeerFailed(int peer, const Status& why);
-  Status PeerFailure(std::string_view what, size_t off, uint64_t target);
+  Status PeerFailure(std::string_view what, size_t off, uint64_t target, int writer = -1);
+  // The error of a wait that cannot finish because a peer failed: `prefer`'s failure if it has one (the
+  // peer the wait is for), else the earliest recorded one; the other failed peers are listed after it.
+  Status PeerFailureOf(int prefer, std::string_view what, std::string_view waiting);
+  // Slow path of any wait: sends the liveness probes when the domain-wide interval is due (one thread
+  // claims it) and collects probe completions. True once a peer is known failed.
+  bool ProbeIfDue();
   void ProbeTick(bool send);
   std::string ProbeSummary();
   Status BadChannel(int ch) const {
@@ -370,6 +384,19 @@ class VerbsDomain final : public RdmaDomain {
   Status CreateQueues();
   StatusOr<std::vector<RankRecord>> ExchangeRecords(bool rdmacm);
   Status BuildQps(std::vector<QpOwner> qps, const std::vector<RankRecord>& recs);
+
+  // RdmaDomain::health(): the probes and peer failures of this domain, for waits outside it.
+  class Health final : public WaitHealth {
+   public:
+    explicit Health(VerbsDomain& d) : d_(d) {}
+    bool PeerDead() override { return d_.ProbeIfDue(); }
+    Status PeerFailure(std::string_view what, std::string_view waiting) override {
+      return d_.PeerFailureOf(-1, what, waiting);
+    }
+
+   private:
+    VerbsDomain& d_;
+  };
 
   Context& ctx_;
   SymmetricHeap& heap_;
@@ -411,8 +438,12 @@ class VerbsDomain final : public RdmaDomain {
   std::atomic<bool> any_failed_{false};
   std::mutex health_mu_;
   std::vector<Status> peer_status_;  // world-sized; non-OK = failed
+  std::vector<uint64_t> fail_seq_;   // world-sized; order in which peer_status_ entries failed (1, 2, ..)
+  uint64_t failures_ = 0;            // failures recorded so far (guarded by health_mu_)
   std::mutex probe_mu_;
-  std::vector<ProbeState> probe_;  // world-sized
+  std::vector<ProbeState> probe_;       // world-sized
+  std::atomic<int64_t> next_probe_{0};  // steady_clock ticks: the next probe round is due at/after it
+  Health health_{*this};
 };
 
 }  // namespace epx::verbs

@@ -26,6 +26,14 @@ Status VerbsDomain::MakeRoom(Channel& c, SendQp& q) {
           "rdma(verbs): rank {}: send queue of QP 0x{:x} (rank {}, channel {}) stayed full ({} WRs in "
           "flight) for {} ms",
           me_, q.qpn, q.peer, q.ch, q.posted - q.completed, opts_.timeout_ms);
+    // Slow path: a dead peer of this host is named by the process scan (see Quiet).
+    if ((i & 63) == 63 && b.sleeping() && q.posted + 1 - q.completed > sq_depth_ &&
+        ctx_.liveness().PeerDead()) [[unlikely]]
+      return ctx_.liveness().PeerFailure(
+          "an RDMA post",
+          fmt::format("rdma(verbs): rank {}: send queue of QP 0x{:x} (rank {}, channel {}) full "
+                      "({} WRs in flight)",
+                      me_, q.qpn, q.peer, q.ch, q.posted - q.completed));
     b.Pause();
   }
   return Status::Ok();
@@ -140,6 +148,14 @@ Status VerbsDomain::Quiet(int ch) {
   }
   EPX_RETURN_IF_ERROR(FlushChannel(c));
   const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
+  auto pending = [&] {  // error paths only
+    std::string p;
+    for (const SendQp* q : c.qps)
+      if (q->completed < q->posted)
+        p += fmt::format("{}rank {} (QP 0x{:x}): {} WRs", p.empty() ? "" : ", ", q->peer, q->qpn,
+                         q->posted - q->completed);
+    return p;
+  };
   Backoff b;
   for (uint32_t i = 0;; ++i) {
     bool done = true;
@@ -151,14 +167,20 @@ Status VerbsDomain::Quiet(int ch) {
     TryProgressRecv();
     if ((i & 63) == 63 && d.Expired()) {
       EPX_RETURN_IF_ERROR(PollSend(c));
-      std::string pending;
-      for (const SendQp* q : c.qps)
-        if (q->completed < q->posted)
-          pending += fmt::format("{}rank {} (QP 0x{:x}): {} WRs", pending.empty() ? "" : ", ", q->peer,
-                                 q->qpn, q->posted - q->completed);
-      if (pending.empty()) return Status::Ok();
+      std::string p = pending();
+      if (p.empty()) return Status::Ok();
       return EPX_ERROR(kTimeout, "rdma quiet on channel {}: rank {} waited {} ms for completions from {}", ch,
-                       me_, opts_.timeout_ms, pending);
+                       me_, opts_.timeout_ms, p);
+    }
+    // Slow path: a peer on this host killed mid-quiet is named by the process scan at once (its QPs
+    // fail only after the transport retry budget). A remote peer's QP fails by itself (RETRY_EXC_ERR).
+    if ((i & 63) == 63 && b.sleeping() && ctx_.liveness().PeerDead()) [[unlikely]] {
+      EPX_RETURN_IF_ERROR(PollSend(c));
+      std::string p = pending();
+      if (p.empty()) return Status::Ok();
+      return ctx_.liveness().PeerFailure(
+          "an RDMA quiet",
+          fmt::format("rdma quiet on channel {}: rank {} waiting for completions from {}", ch, me_, p));
     }
     b.Pause();
   }
@@ -230,22 +252,66 @@ bool VerbsDomain::PeerKnownFailed(int peer) {
 void VerbsDomain::MarkPeerFailed(int peer, const Status& why) {
   std::lock_guard<std::mutex> g(health_mu_);
   const size_t i = peer < 0 ? static_cast<size_t>(me_) : static_cast<size_t>(peer);
-  if (peer_status_[i].ok()) peer_status_[i] = why;
+  if (peer_status_[i].ok()) {
+    peer_status_[i] = why;
+    fail_seq_[i] = ++failures_;
+  }
   any_failed_.store(true, std::memory_order_release);
 }
 
-Status VerbsDomain::PeerFailure(std::string_view what, size_t off, uint64_t target) {
-  Status first;
+Status VerbsDomain::PeerFailure(std::string_view what, size_t off, uint64_t target, int writer) {
+  return PeerFailureOf(writer, what,
+                       fmt::format("rank {} waiting for counter at offset {} to reach {} (at {})", me_, off,
+                                   target, LoadCounter(off)));
+}
+
+Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string_view waiting) {
+  // Which failure to report: the peer the wait is for, if it failed; else the first one recorded. A
+  // dead rank's survivors fail and exit in turn, so later failures (probes to them, flushed QPs) are
+  // often a cascade of the first: naming the lowest-index failed rank named the wrong one.
+  Code code = Code::kPeerFailure;
+  std::string msg;
   {
     std::lock_guard<std::mutex> g(health_mu_);
-    for (const Status& s : peer_status_)
-      if (!s.ok()) {
-        first = s;
-        break;
+    size_t best = peer_status_.size();
+    if (prefer >= 0 && prefer < world_ && !peer_status_[static_cast<size_t>(prefer)].ok())
+      best = static_cast<size_t>(prefer);
+    for (size_t i = 0; best != static_cast<size_t>(prefer) && i < peer_status_.size(); ++i)
+      if (!peer_status_[i].ok() && (best == peer_status_.size() || fail_seq_[i] < fail_seq_[best])) best = i;
+    if (best == peer_status_.size()) {
+      msg = "a peer failed";  // not reached: callers ask once any_failed_ is set
+    } else {
+      code = peer_status_[best].code();
+      msg = peer_status_[best].message();
+      // The others, in the order they failed, each by its first clause ("rank 2 is unreachable: ...").
+      std::vector<size_t> others;
+      for (size_t i = 0; i < peer_status_.size(); ++i)
+        if (i != best && !peer_status_[i].ok()) others.push_back(i);
+      std::sort(others.begin(), others.end(),
+                [&](size_t a, size_t b) { return fail_seq_[a] < fail_seq_[b]; });
+      for (size_t k = 0; k < others.size(); ++k) {
+        const std::string& m = peer_status_[others[k]].message();
+        msg += fmt::format("{}{}", k == 0 ? "; also failed since: " : " | ", m.substr(0, m.find(';')));
       }
+    }
   }
-  return std::move(first).With(fmt::format("{}: rank {} waiting for counter at offset {} to reach {} (at {})",
-                                           what, me_, off, target, LoadCounter(off)));
+  return Status(code, std::move(msg)).With(fmt::format("{}: {}", what, waiting));
+}
+
+bool VerbsDomain::ProbeIfDue() {
+  if (any_failed_.load(std::memory_order_acquire)) return true;
+  // One probe round per interval for the whole domain, whichever thread's wait is due first.
+  const int64_t now = Clock::now().time_since_epoch().count();
+  int64_t due = next_probe_.load(std::memory_order_relaxed);
+  const bool send =
+      now >= due &&
+      next_probe_.compare_exchange_strong(
+          due,
+          now + std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(probe_interval_ms_))
+                    .count(),
+          std::memory_order_relaxed);
+  ProbeTick(send);
+  return any_failed_.load(std::memory_order_acquire);
 }
 
 // Liveness probes: a zero-length signaled write on each peer's control QP. A dead peer's node never
@@ -318,14 +384,15 @@ std::string VerbsDomain::ProbeSummary() {
   return s.empty() ? "no liveness probe answered yet" : s;
 }
 
-Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel) {
+Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view what, const uint8_t* cancel,
+                                int writer) {
   if (off % 8 != 0 || off < opts_.counter_off || off + 8 > opts_.counter_off + opts_.counter_bytes)
       [[unlikely]]
     return CounterRangeError("wait_counter", me_, off);
   const auto t0 = Clock::now();
   const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
-  const auto interval = std::chrono::milliseconds(probe_interval_ms_);
-  auto next_probe = t0 + interval;
+  PeerLiveness& live = ctx_.liveness();
+  const auto probe_after = std::chrono::milliseconds(probe_interval_ms_);
   Backoff b;
   for (uint32_t i = 0;; ++i) {
     TryProgressRecv();
@@ -333,17 +400,32 @@ Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view wh
     if ((i & 63) == 63) [[unlikely]] {
       if (cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0)
         return Status(Code::kFailedPrecondition, "cancelled");
-      if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target);
-      // Slow path: the wait is long. Probe the peers so that a dead one is named well before the
-      // deadline instead of a bare timeout.
-      const auto now = Clock::now();
-      const bool send = now >= next_probe;
-      if (send) next_probe = now + interval;
-      ProbeTick(send);
+      if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target, writer);
+      // Slow path (the back-off sleeps). Peers of this host (several logical nodes over soft-RoCE or
+      // a NIC in loopback) are watched by the Context's process scan, which names a killed one within
+      // its scan interval and names the right rank; a probe only fails after the transport retry
+      // budget (seconds), by when other survivors may have failed and exited too.
+      if (b.sleeping() && live.PeerDead()) [[unlikely]] {
+        TryProgressRecv();
+        if (LoadCounter(off) >= target) return Status::Ok();  // it published, then exited
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+        return live.PeerFailure(
+            what, fmt::format("rank {} waited {} ms for counter at offset {} to reach {} (at {})", me_, ms,
+                              off, target, LoadCounter(off)));
+      }
+      // Probe the remote peers so that a dead one is named well before the deadline instead of a bare
+      // timeout: once the wait is one probe interval old (short waits never send probes: a probe in
+      // flight to a peer that dies holds up the teardown of our QP by the retry budget), then at
+      // most once per interval for the whole domain. Completions are collected on every slow pass.
+      if (Clock::now() - t0 >= probe_after) {
+        if (ProbeIfDue()) return PeerFailure(what, off, target, writer);
+      } else {
+        ProbeTick(false);
+      }
       if (d.Expired()) {
         TryProgressRecv();
         if (LoadCounter(off) >= target) return Status::Ok();
-        if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target);
+        if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target, writer);
         return EPX_ERROR(kTimeout,
                          "{}: rank {} waited {} ms for counter at offset {} to reach {} (at {}); peers: {}",
                          what, me_, opts_.timeout_ms, off, target, LoadCounter(off), ProbeSummary());
@@ -362,11 +444,8 @@ StatusOr<size_t> VerbsDomain::PollImm(std::span<ImmEvent> out) {
   size_t n = 0;
   while (n < out.size() && ring_head_ != ring_tail_) out[n++] = ring_[ring_head_++ & (ring_.size() - 1)];
   recv_busy_.store(false, std::memory_order_release);
-  if (n == 0 && any_failed_.load(std::memory_order_acquire)) [[unlikely]] {
-    std::lock_guard<std::mutex> g(health_mu_);
-    for (const Status& s : peer_status_)
-      if (!s.ok()) return Status(s).With(fmt::format("poll_imm on rank {}", me_));
-  }
+  if (n == 0 && any_failed_.load(std::memory_order_acquire)) [[unlikely]]
+    return PeerFailureOf(-1, "poll_imm", fmt::format("rank {}", me_));
   return n;
 }
 
