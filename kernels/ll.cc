@@ -218,13 +218,20 @@ Status LlState::MaskOnFailure(int peer, Status why) {
   // awaited, which may be alive and merely held up: mask the dead ranks. The awaited peer itself only
   // when nothing else explains the failure (a timeout, or a verbs QP error naming it). The caller waits
   // again for a peer that is still unmasked.
+  // Ranks of other hosts are known dead to the RDMA domain only (QP errors, probes).
   std::vector<int> dead;
-  if (why.code() == Code::kPeerFailure)
+  if (why.code() == Code::kPeerFailure) {
     for (int r : ctx.liveness().dead_ranks())
       if (r != rank) dead.push_back(r);
-  if (dead.empty()) dead.push_back(peer);
+    if (rdma)
+      for (int r : rdma->FailedPeers())
+        if (std::find(dead.begin(), dead.end(), r) == dead.end()) dead.push_back(r);
+  }
+  if (dead.empty() && peer >= 0) dead.push_back(peer);
+  if (dead.empty()) return why;
   for (int r : dead) {
     ctx.liveness().Acknowledge(r);  // its death no longer fails this rank's waits
+    if (rdma) rdma->MaskPeer(r, true);  // nor the RDMA domain's
     uint8_t expected = 0;
     if (__atomic_compare_exchange_n(&masked[static_cast<size_t>(r)], &expected, uint8_t{1}, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {

@@ -69,12 +69,16 @@ struct LlState {
   std::vector<uint64_t> prev_snapshot;  // [El, R] dispatch receive: prev_cnt of its buffer, to redo it
 
   bool Masked(int r) const { return __atomic_load_n(&masked[static_cast<size_t>(r)], __ATOMIC_ACQUIRE) != 0; }
+  // The RDMA domain learns the mask too: its Quiet stops waiting for the rank's QPs and the rank's
+  // failure stops failing waits for the others (transport/rdma.h "Masking").
   void SetMasked(int r, bool on) {
     __atomic_store_n(&masked[static_cast<size_t>(r)], static_cast<uint8_t>(on), __ATOMIC_RELEASE);
+    if (rdma) rdma->MaskPeer(r, on);
     mask_epoch.fetch_add(1, std::memory_order_acq_rel);
   }
-  // A failed wait on `peer`: with cfg.mask_on_failure and a peer-level failure, masks the peer and
-  // returns Ok (the caller goes on without it); otherwise returns `why`.
+  // A failed wait on `peer` (-1: no single peer, e.g. a Quiet): with cfg.mask_on_failure and a
+  // peer-level failure, masks the failed peers and returns Ok (the caller goes on without them);
+  // otherwise returns `why`.
   Status MaskOnFailure(int peer, Status why);
 
   explicit LlState(Context& c) : ctx(c) {}
@@ -174,9 +178,19 @@ struct LlState {
     for (int c = 0; c < C; ++c) EPX_RETURN_IF_ERROR(rdma->Flush(c));
     return Status::Ok();
   }
+  // With mask_on_failure, a peer that failed under the Quiet (its QP broke) is masked and the Quiet is
+  // repeated without it: the data posted to the other peers must still be known to be placed.
   Status QuietAll() {
     if (!rdma) return Status::Ok();
-    for (int c = 0; c < C; ++c) EPX_RETURN_IF_ERROR(rdma->Quiet(c));
+    for (int c = 0; c < C; ++c) {
+      for (;;) {
+        Status s = rdma->Quiet(c);
+        if (s.ok()) break;
+        const uint64_t epoch = mask_epoch.load(std::memory_order_acquire);
+        EPX_RETURN_IF_ERROR(MaskOnFailure(-1, std::move(s)));
+        if (mask_epoch.load(std::memory_order_acquire) == epoch) return s;  // nobody new masked: give up
+      }
+    }
     return Status::Ok();
   }
 

@@ -25,10 +25,14 @@
 //     that CPU atomics do not take); the owner reads it only with ReadCounter/WaitCounter. Without
 //     native atomics (`caps().native_atomics == false`) FetchAdd is emulated with write-with-
 //     immediate and the receiver applies it while it waits/reads; `add` must then be < 2^16.
-//   * Errors: a failed work completion fails the next call on that channel with an error naming the
-//     peer, QP, opcode and status; flushed work requests are reported as flushed. A dead peer gives
+//   * Errors: a failed work completion is the failure of its peer: later posts to that peer, and the
+//     next Flush/Quiet/Poll of the channel, return an error naming the peer, QP, opcode and status
+//     (flushed work requests are reported as flushed); posts to other peers go on. A dead peer gives
 //     an error within EPX_TIMEOUT, never a hang: WaitCounter and Quiet probe remote peers and consult
 //     the Context's process scan for ranks of this host; other waits ask `health()`.
+//   * Masking: a peer masked with MaskPeer (a kernel goes on without a failed rank) no longer matters:
+//     Quiet neither signals nor waits for its QPs, and its failure fails no wait, Flush, Quiet or Poll.
+//     Posts to it still return its error once it failed (kernels do not post to masked peers).
 //
 // Hot-path rules: Write/WriteImm/FetchAdd/Signal/Flush/ReadCounter allocate nothing, take no lock
 // and make no syscall beyond the doorbell (ibv_post_send); strategy choices (inline threshold,
@@ -120,6 +124,13 @@ class RdmaDomain {
   // The shm domain's peers are processes of this host, watched by the Context's PeerLiveness: its
   // health never reports a failure.
   virtual WaitHealth& health() = 0;
+
+  // Masking (see "Masking" above). Any thread, any time: the mask is read with atomics by waits of
+  // other channels, which stop waiting for a peer as soon as it is masked.
+  virtual void MaskPeer(int peer, bool masked) = 0;
+  // Peers this domain has seen fail (QP error, flushed receive, unanswered probe), masked or not,
+  // ascending. The shm domain's peers are watched by the Context's PeerLiveness: always empty.
+  virtual std::vector<int> FailedPeers() = 0;
 };
 
 // Builds the domain chosen by opts.kind over ctx's heap, connecting opts.peers (collective: every

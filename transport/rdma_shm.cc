@@ -110,6 +110,10 @@ class ShmRdmaDomain final : public RdmaDomain {
   // Every peer is a process of this host: the Context's liveness watch, which every wait consults,
   // names a dead one. Nothing of the domain itself can fail a peer.
   WaitHealth& health() override { return no_failure_; }
+  // Puts complete synchronously (nothing for Quiet to skip) and dead peers are named by the process
+  // scan, which the masking kernel acknowledges itself (PeerLiveness::Acknowledge).
+  void MaskPeer(int /*peer*/, bool /*masked*/) override {}
+  std::vector<int> FailedPeers() override { return {}; }
 
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override {
     uint8_t* b = heap_.base();

@@ -519,9 +519,27 @@ TEST(RdmaErrors, BadOffsetsPeersAndRkeysAreClearErrors) {
     ASSERT_OK(d->Write(1, to, kDataOff, kDataOff, 16));
     Status s = d->Quiet(1);
     expect(s, Code::kTransport, {rank_to.c_str(), "QP 0x", "REM_ACCESS_ERR", "rkey"});
-    // Sticky: the next call on the channel reports the same failure.
+    // Sticky for that peer: the next post to it reports the same failure.
     expect(d->Write(1, to, kDataOff, kDataOff, 16), Code::kTransport, {"REM_ACCESS_ERR"});
+    EXPECT_EQ(d->FailedPeers(), std::vector<int>{to});
   }
+  // Failures are per peer (transport/rdma.h "Errors", "Masking"): rank 0 still reaches another remote
+  // peer on the broken channel, whose Quiet reports `to` until `to` is masked, then completes without it.
+  const int to0 = P().local_size % P().world_size;  // rank 0's RingTo()
+  int other = -1;
+  for (int r = 0; r < P().world_size && other < 0; ++r)
+    if (r / P().local_size != 0 && r != to0) other = r;
+  if (IsVerbs() && Me() == 0) {
+    if (other >= 0) ASSERT_OK(d->Signal(1, other, kDataOff, kDataOff + 128, 8, Ctr(3), 1));
+    expect(d->Quiet(1), Code::kTransport, {rank_to.c_str(), "REM_ACCESS_ERR"});
+    d->MaskPeer(to, true);
+    ASSERT_OK(d->Quiet(1));
+    ASSERT_OK(d->Poll(1));
+    d->MaskPeer(to, false);
+    expect(d->Poll(1), Code::kTransport, {rank_to.c_str(), "REM_ACCESS_ERR"});
+  }
+  if (IsVerbs() && Me() == other)
+    ASSERT_OK(d->WaitCounter(Ctr(3), 1, "t-errors: signal past a broken peer", nullptr, 0));
   ASSERT_OK(Barrier("t-errors-rkey"));  // then every rank drops the (now broken) domain
 }
 

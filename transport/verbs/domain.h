@@ -20,7 +20,10 @@
 //     each CQ has room for one entry per WR that can be in flight.
 //   * Quiet signals the last WR of every QP of the channel (or appends a zero-length signaled write)
 //     and waits until `completed == posted`: RC acknowledges a WRITE only once it is placed at the
-//     target, so the data is in the peer's heap when Quiet returns.
+//     target, so the data is in the peer's heap when Quiet returns. QPs of masked peers are skipped.
+//   * Failures are per QP (a dead peer breaks only its own QPs): the QP keeps its first error, posts to
+//     it return that error, and Flush/Quiet/Poll return it unless the peer is masked (MaskPeer), so a
+//     kernel that masked a dead rank keeps using the channel for everyone else.
 // Receive side: every data QP keeps `rq_depth_` zero-length receives posted; a WRITE_WITH_IMM
 // (user immediate, IBV_WC_RECV_RDMA_WITH_IMM) or a SEND_WITH_IMM (emulated fetch-add, IBV_WC_RECV)
 // consumes one and it is re-posted at once. Telling the two apart by opcode leaves user immediates
@@ -112,6 +115,11 @@ struct SendQp {
   uint32_t n_chain = 0;    // WRs appended, not yet posted
   uint32_t since_signal = 0;
   bool in_dirty = false;
+  // Failure of this QP (first failed completion or post; the rest of its queue only flushes). Set and
+  // read by the channel's thread only. A failed QP fails posts to its peer, and the channel's
+  // Flush/Quiet/Poll unless the peer is masked: other peers' QPs of the channel go on.
+  bool failed = false;
+  Status error;
   ibv_send_wr wr[kChainMax];
   ibv_sge sge[kChainMax];
 };
@@ -123,7 +131,7 @@ struct alignas(64) Channel {
   std::vector<SendQp*> dirty;    // QPs with a non-empty chain (capacity reserved: no allocation)
   uint64_t scratch_addr = 0;     // 8-byte landing slot of native fetch-add results (discarded)
   bool failed = false;
-  Status error;  // sticky: the first failure of this channel (later WRs of the QP only flush)
+  Status error;  // sticky: the send CQ itself failed (ibv_poll_cq < 0): nothing on the channel works
 };
 
 struct ProbeState {
@@ -145,7 +153,8 @@ class VerbsDomain final : public RdmaDomain {
         me_(ctx.rank()),
         world_(ctx.world_size()),
         k_(o.channels),
-        fail_seq_(static_cast<size_t>(ctx.world_size()), 0) {}
+        fail_seq_(static_cast<size_t>(ctx.world_size()), 0),
+        masked_(static_cast<size_t>(ctx.world_size()), 0) {}
 
   Status Init();
 
@@ -207,7 +216,9 @@ class VerbsDomain final : public RdmaDomain {
   Status Poll(int ch) override {
     if (ch < 0 || ch >= k_) [[unlikely]]
       return BadChannel(ch);
-    return PollSend(*chans_[static_cast<size_t>(ch)]);  // returns the channel's stored error once failed
+    Channel& c = *chans_[static_cast<size_t>(ch)];
+    EPX_RETURN_IF_ERROR(PollSend(c));
+    return ChannelError(c);
   }
 
   StatusOr<uint64_t> ReadCounter(size_t off) override {
@@ -222,6 +233,8 @@ class VerbsDomain final : public RdmaDomain {
                      int writer = -1) override;
   StatusOr<size_t> PollImm(std::span<ImmEvent> out) override;
   WaitHealth& health() override { return health_; }
+  void MaskPeer(int peer, bool masked) override;
+  std::vector<int> FailedPeers() override;
 
   const VerbsInfo& info() const { return info_; }
   Status CorruptRkey(int peer) {
@@ -247,6 +260,18 @@ class VerbsDomain final : public RdmaDomain {
       return EPX_ERROR(kInvalidArgument, "rdma {}: rank {} is not a connected peer of rank {}", op, peer,
                        me_);
     q = c->qps[static_cast<size_t>(c->by_peer[static_cast<size_t>(peer)])];
+    if (q->failed) [[unlikely]]
+      return q->error;
+    return Status::Ok();
+  }
+  bool Masked(int peer) const {
+    return __atomic_load_n(&masked_[static_cast<size_t>(peer)], __ATOMIC_ACQUIRE) != 0;
+  }
+  // The first failed QP of `c` whose peer is not masked (what Flush/Quiet/Poll report), else Ok.
+  Status ChannelError(const Channel& c) const {
+    for (const SendQp* q : c.qps)
+      if (q->failed && !Masked(q->peer)) [[unlikely]]
+        return q->error;
     return Status::Ok();
   }
 
@@ -323,28 +348,35 @@ class VerbsDomain final : public RdmaDomain {
       q.in_dirty = true;
       c.dirty.push_back(&q);
     }
-    if (q.n_chain == chain_max_) return PostChain(c, q);
+    if (q.n_chain == chain_max_) return PostChain(q);
     return Status::Ok();
   }
 
-  Status PostChain(Channel& c, SendQp& q) {
+  Status PostChain(SendQp& q) {
     const uint32_t n = q.n_chain;
     for (uint32_t i = 0; i + 1 < n; ++i) q.wr[i].next = &q.wr[i + 1];
     q.wr[n - 1].next = nullptr;
     ibv_send_wr* bad = nullptr;
     const int rc = ibv_post_send(q.qp, q.wr, &bad);
     if (rc != 0) [[unlikely]]
-      return PostFailed(c, q, rc, bad);
+      return PostFailed(q, rc, bad);
     q.posted += n;
     q.n_chain = 0;
     return Status::Ok();
   }
 
+  // Posts every non-empty chain. A failed QP's chain is dropped (it would only flush); its error is
+  // returned unless its peer is masked.
   Status FlushChannel(Channel& c) {
     Status st;
     for (SendQp* q : c.dirty) {
       q->in_dirty = false;
-      if (q->n_chain > 0 && st.ok()) st = PostChain(c, *q);
+      if (q->failed) [[unlikely]] {
+        q->n_chain = 0;
+        if (st.ok() && !Masked(q->peer)) st = q->error;
+      } else if (q->n_chain > 0 && st.ok()) {
+        st = PostChain(*q);
+      }
     }
     c.dirty.clear();
     return st;
@@ -359,13 +391,15 @@ class VerbsDomain final : public RdmaDomain {
   // ---- out of line: setup, slow paths, errors ----
   Status MakeRoom(Channel& c, SendQp& q);
   Status PollSend(Channel& c);
-  void OnSendError(Channel& c, SendQp& q, uint8_t op, const ibv_wc& wc);
-  Status PostFailed(Channel& c, SendQp& q, int rc, ibv_send_wr* bad);
+  void OnSendError(SendQp& q, uint8_t op, const ibv_wc& wc);
+  Status PostFailed(SendQp& q, int rc, ibv_send_wr* bad);
   void ProgressRecvLocked();
   // Whether `peer` (-1: this rank's own CQs) already has a failure recorded: its later symptoms (flushed
   // work requests, other QPs of the peer) are not logged again.
   bool PeerKnownFailed(int peer);
   void MarkPeerFailed(int peer, const Status& why);
+  // Recomputes failing_ (health_mu_ held).
+  void CountFailing();
   Status PeerFailure(std::string_view what, size_t off, uint64_t target, int writer = -1);
   // The error of a wait that cannot finish because a peer failed: `prefer`'s failure if it has one (the
   // peer the wait is for), else the earliest recorded one; the other failed peers are listed after it.
@@ -434,12 +468,14 @@ class VerbsDomain final : public RdmaDomain {
   std::vector<ImmEvent> ring_;  // user immediates drained from the CQ, not yet returned by PollImm
   uint64_t ring_head_ = 0, ring_tail_ = 0;
 
-  // Peer health: set by send/receive/probe completions of any thread.
-  std::atomic<bool> any_failed_{false};
+  // Peer health: set by send/receive/probe completions of any thread. failing_ counts the failures
+  // that fail waits: failed peers that are not masked, and this rank's own CQ failure (index me_).
+  std::atomic<int> failing_{0};
   std::mutex health_mu_;
   std::vector<Status> peer_status_;  // world-sized; non-OK = failed
   std::vector<uint64_t> fail_seq_;   // world-sized; order in which peer_status_ entries failed (1, 2, ..)
   uint64_t failures_ = 0;            // failures recorded so far (guarded by health_mu_)
+  std::vector<uint8_t> masked_;      // world-sized; MaskPeer (atomic byte access)
   std::mutex probe_mu_;
   std::vector<ProbeState> probe_;       // world-sized
   std::atomic<int64_t> next_probe_{0};  // steady_clock ticks: the next probe round is due at/after it

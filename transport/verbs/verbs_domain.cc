@@ -14,11 +14,13 @@ namespace epx::verbs {
 Status VerbsDomain::MakeRoom(Channel& c, SendQp& q) {
   // Posting the chain puts its signaled WR (if any) in flight: in-flight WRs exceed the signal
   // interval here, so at least one of them is signaled and its completion will free room.
-  if (q.n_chain > 0) EPX_RETURN_IF_ERROR(PostChain(c, q));
+  if (q.n_chain > 0) EPX_RETURN_IF_ERROR(PostChain(q));
   const Deadline d = Deadline::After(std::chrono::milliseconds(opts_.timeout_ms));
   Backoff b;
   for (uint32_t i = 0; q.posted + 1 - q.completed > sq_depth_; ++i) {
     EPX_RETURN_IF_ERROR(PollSend(c));
+    if (q.failed) [[unlikely]]
+      return q.error;  // its WRs complete (flushed) anyway, but nothing posted to it would arrive
     TryProgressRecv();  // the peer may be blocked on us the same way (RNR): keep our receives posted
     if ((i & 63) == 63 && d.Expired())
       return EPX_ERROR(
@@ -58,7 +60,7 @@ Status VerbsDomain::PollSend(Channel& c) {
     if (seq < q.completed) seq += kSeqMask + 1;
     if (seq > q.completed) q.completed = seq;
     if (wc[i].status != IBV_WC_SUCCESS) [[unlikely]]
-      OnSendError(c, q, op, wc[i]);
+      OnSendError(q, op, wc[i]);
   }
   if (c.failed) [[unlikely]]
     return c.error;
@@ -94,24 +96,24 @@ std::string FailureHint(ibv_wc_status s, int peer, int timeout, int retry) {
 }
 }  // namespace
 
-void VerbsDomain::OnSendError(Channel& c, SendQp& q, uint8_t op, const ibv_wc& wc) {
-  if (c.failed) return;  // the rest of the queue flushes after the first failure: keep the cause
+void VerbsDomain::OnSendError(SendQp& q, uint8_t op, const ibv_wc& wc) {
+  if (q.failed) return;  // the rest of the queue flushes after the first failure: keep the cause
   const Code code = wc.status == IBV_WC_RETRY_EXC_ERR || wc.status == IBV_WC_RNR_RETRY_EXC_ERR
                         ? Code::kPeerFailure
                         : Code::kTransport;
-  c.failed = true;
+  q.failed = true;
   std::string msg =
       fmt::format("rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
                   OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
                   wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_));
-  // Every channel keeps its own error to return, but a peer that is already known to have failed (another
+  // Every QP keeps its own error to return, but a peer that is already known to have failed (another
   // channel, a receive, a probe) was logged there: this is its echo, not a new error.
-  c.error = PeerKnownFailed(q.peer) ? Status(code, std::move(msg))
+  q.error = PeerKnownFailed(q.peer) ? Status(code, std::move(msg))
                                     : internal::MakeError(code, __FILE__, __LINE__, std::move(msg));
-  MarkPeerFailed(q.peer, c.error);
+  MarkPeerFailed(q.peer, q.error);
 }
 
-Status VerbsDomain::PostFailed(Channel& c, SendQp& q, int rc, ibv_send_wr* bad) {
+Status VerbsDomain::PostFailed(SendQp& q, int rc, ibv_send_wr* bad) {
   const uint32_t k =
       bad != nullptr && bad >= q.wr && bad < q.wr + q.n_chain ? static_cast<uint32_t>(bad - q.wr) : 0;
   const ibv_send_wr& w = q.wr[k];
@@ -119,15 +121,15 @@ Status VerbsDomain::PostFailed(Channel& c, SendQp& q, int rc, ibv_send_wr* bad) 
   q.n_chain = 0;
   const uint8_t op = static_cast<uint8_t>((w.wr_id >> kOpShift) & 0xf);
   const uint64_t raddr = op == kOpFetchAdd ? w.wr.atomic.remote_addr : w.wr.rdma.remote_addr;
-  c.failed = true;
-  c.error = VerbsError(
+  q.failed = true;
+  q.error = VerbsError(
       "ibv_post_send", IbvErrno(rc),
       fmt::format("{} to rank {} on channel {}, QP 0x{:x}: WR {} of the chain, {} bytes, remote offset "
                   "{}{}",
                   OpName(op), q.peer, q.ch, q.qpn, k, w.num_sge ? w.sg_list->length : 0,
                   raddr >= q.rbase ? raddr - q.rbase : 0,
                   op == kOpFetchAdd ? " (atomics need an 8-byte aligned remote address)" : ""));
-  return c.error;
+  return q.error;
 }
 
 Status VerbsDomain::Quiet(int ch) {
@@ -135,8 +137,12 @@ Status VerbsDomain::Quiet(int ch) {
     return BadChannel(ch);
   Channel& c = *chans_[static_cast<size_t>(ch)];
   if (c.failed) return c.error;
-  // Make the newest WR of every QP signaled: its completion retires everything before it.
+  EPX_RETURN_IF_ERROR(ChannelError(c));
+  // Make the newest WR of every QP signaled: its completion retires everything before it. Masked
+  // peers are left out: a dead one would fail the marker only after the transport retry budget
+  // (seconds), and nothing posted to it matters any more.
   for (SendQp* q : c.qps) {
+    if (q->failed || Masked(q->peer)) continue;
     if (q->posted + q->n_chain == q->signaled) continue;  // idle, or the tail is already signaled
     if (q->n_chain > 0) {
       q->wr[q->n_chain - 1].send_flags |= IBV_SEND_SIGNALED;
@@ -151,7 +157,7 @@ Status VerbsDomain::Quiet(int ch) {
   auto pending = [&] {  // error paths only
     std::string p;
     for (const SendQp* q : c.qps)
-      if (q->completed < q->posted)
+      if (q->completed < q->posted && !Masked(q->peer))
         p += fmt::format("{}rank {} (QP 0x{:x}): {} WRs", p.empty() ? "" : ", ", q->peer, q->qpn,
                          q->posted - q->completed);
     return p;
@@ -159,9 +165,10 @@ Status VerbsDomain::Quiet(int ch) {
   Backoff b;
   for (uint32_t i = 0;; ++i) {
     bool done = true;
-    for (const SendQp* q : c.qps) done = done && q->completed >= q->posted;
+    for (const SendQp* q : c.qps) done = done && (q->completed >= q->posted || Masked(q->peer));
     if (done) return Status::Ok();
     EPX_RETURN_IF_ERROR(PollSend(c));
+    EPX_RETURN_IF_ERROR(ChannelError(c));  // a peer failed: what was posted to it will not arrive
     // Two ranks quieting towards each other with immediates/emulated adds in flight would wait on
     // each other's receive queues (RNR) forever: progress ours while we wait.
     TryProgressRecv();
@@ -256,7 +263,29 @@ void VerbsDomain::MarkPeerFailed(int peer, const Status& why) {
     peer_status_[i] = why;
     fail_seq_[i] = ++failures_;
   }
-  any_failed_.store(true, std::memory_order_release);
+  CountFailing();
+}
+
+void VerbsDomain::CountFailing() {
+  int n = 0;
+  for (size_t i = 0; i < peer_status_.size(); ++i)
+    n += !peer_status_[i].ok() && (static_cast<int>(i) == me_ || !Masked(static_cast<int>(i)));
+  failing_.store(n, std::memory_order_release);
+}
+
+void VerbsDomain::MaskPeer(int peer, bool masked) {
+  if (peer < 0 || peer >= world_ || peer == me_) return;
+  std::lock_guard<std::mutex> g(health_mu_);
+  __atomic_store_n(&masked_[static_cast<size_t>(peer)], static_cast<uint8_t>(masked), __ATOMIC_RELEASE);
+  CountFailing();
+}
+
+std::vector<int> VerbsDomain::FailedPeers() {
+  std::lock_guard<std::mutex> g(health_mu_);
+  std::vector<int> out;
+  for (int i = 0; i < world_; ++i)
+    if (i != me_ && !peer_status_[static_cast<size_t>(i)].ok()) out.push_back(i);
+  return out;
 }
 
 Status VerbsDomain::PeerFailure(std::string_view what, size_t off, uint64_t target, int writer) {
@@ -273,20 +302,23 @@ Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string
   std::string msg;
   {
     std::lock_guard<std::mutex> g(health_mu_);
+    // Failures of masked peers are not the cause of anything any more (the caller goes on without them).
+    auto counts = [&](size_t i) {
+      return !peer_status_[i].ok() && (static_cast<int>(i) == me_ || !Masked(static_cast<int>(i)));
+    };
     size_t best = peer_status_.size();
-    if (prefer >= 0 && prefer < world_ && !peer_status_[static_cast<size_t>(prefer)].ok())
-      best = static_cast<size_t>(prefer);
+    if (prefer >= 0 && prefer < world_ && counts(static_cast<size_t>(prefer))) best = static_cast<size_t>(prefer);
     for (size_t i = 0; best != static_cast<size_t>(prefer) && i < peer_status_.size(); ++i)
-      if (!peer_status_[i].ok() && (best == peer_status_.size() || fail_seq_[i] < fail_seq_[best])) best = i;
+      if (counts(i) && (best == peer_status_.size() || fail_seq_[i] < fail_seq_[best])) best = i;
     if (best == peer_status_.size()) {
-      msg = "a peer failed";  // not reached: callers ask once any_failed_ is set
+      msg = "a peer failed";  // not reached: callers ask once failing_ > 0
     } else {
       code = peer_status_[best].code();
       msg = peer_status_[best].message();
       // The others, in the order they failed, each by its first clause ("rank 2 is unreachable: ...").
       std::vector<size_t> others;
       for (size_t i = 0; i < peer_status_.size(); ++i)
-        if (i != best && !peer_status_[i].ok()) others.push_back(i);
+        if (i != best && counts(i)) others.push_back(i);
       std::sort(others.begin(), others.end(),
                 [&](size_t a, size_t b) { return fail_seq_[a] < fail_seq_[b]; });
       for (size_t k = 0; k < others.size(); ++k) {
@@ -299,7 +331,7 @@ Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string
 }
 
 bool VerbsDomain::ProbeIfDue() {
-  if (any_failed_.load(std::memory_order_acquire)) return true;
+  if (failing_.load(std::memory_order_acquire) > 0) return true;
   // One probe round per interval for the whole domain, whichever thread's wait is due first.
   const int64_t now = Clock::now().time_since_epoch().count();
   int64_t due = next_probe_.load(std::memory_order_relaxed);
@@ -311,7 +343,7 @@ bool VerbsDomain::ProbeIfDue() {
                     .count(),
           std::memory_order_relaxed);
   ProbeTick(send);
-  return any_failed_.load(std::memory_order_acquire);
+  return failing_.load(std::memory_order_acquire) > 0;
 }
 
 // Liveness probes: a zero-length signaled write on each peer's control QP. A dead peer's node never
@@ -347,7 +379,7 @@ void VerbsDomain::ProbeTick(bool send) {
   if (!send) return;
   for (int peer : peers_) {
     ProbeState& p = probe_[static_cast<size_t>(peer)];
-    if (p.inflight) continue;
+    if (p.inflight || Masked(peer)) continue;  // a probe in flight to a dead peer holds up QP teardown
     {
       std::lock_guard<std::mutex> h(health_mu_);
       if (!peer_status_[static_cast<size_t>(peer)].ok()) continue;  // already known dead
@@ -400,7 +432,7 @@ Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view wh
     if ((i & 63) == 63) [[unlikely]] {
       if (cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0)
         return Status(Code::kFailedPrecondition, "cancelled");
-      if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target, writer);
+      if (failing_.load(std::memory_order_acquire) > 0) return PeerFailure(what, off, target, writer);
       // Slow path (the back-off sleeps). Peers of this host (several logical nodes over soft-RoCE or
       // a NIC in loopback) are watched by the Context's process scan, which names a killed one within
       // its scan interval and names the right rank; a probe only fails after the transport retry
@@ -425,7 +457,7 @@ Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view wh
       if (d.Expired()) {
         TryProgressRecv();
         if (LoadCounter(off) >= target) return Status::Ok();
-        if (any_failed_.load(std::memory_order_acquire)) return PeerFailure(what, off, target, writer);
+        if (failing_.load(std::memory_order_acquire) > 0) return PeerFailure(what, off, target, writer);
         return EPX_ERROR(kTimeout,
                          "{}: rank {} waited {} ms for counter at offset {} to reach {} (at {}); peers: {}",
                          what, me_, opts_.timeout_ms, off, target, LoadCounter(off), ProbeSummary());
@@ -444,7 +476,7 @@ StatusOr<size_t> VerbsDomain::PollImm(std::span<ImmEvent> out) {
   size_t n = 0;
   while (n < out.size() && ring_head_ != ring_tail_) out[n++] = ring_[ring_head_++ & (ring_.size() - 1)];
   recv_busy_.store(false, std::memory_order_release);
-  if (n == 0 && any_failed_.load(std::memory_order_acquire)) [[unlikely]]
+  if (n == 0 && failing_.load(std::memory_order_acquire) > 0) [[unlikely]]
     return PeerFailureOf(-1, "poll_imm", fmt::format("rank {}", me_));
   return n;
 }
