@@ -17,7 +17,7 @@
 //
 // EPX_FAULT_MATRIX_RDMA=verbs (ctest rxe_fault_matrix: in one soft-RoCE guest, tools/rxe-vm/rxe-run) runs
 // the ranks with EPX_RDMA=verbs instead, and a smaller set, since code under TCG runs 10-50x slower: every
-// point once on 2 nodes x 2 with the victims in turn, the baselines on 2 nodes x 2 only, and two masked
+// point once on 2 nodes x 2 with the victims in turn, the baselines on 2 nodes x 2 only, and four masked
 // cells. All ranks share the guest's kernel, so the survivors still see the death by the process scan;
 // what changes is the data path they are caught in (RC QPs, the verbs domain's waits). Deaths seen only
 // over the network are tests/fault/rxe_fault_two_hosts_test.cc.
@@ -44,22 +44,20 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
+#include <functional>
 #include <map>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "tests/fault/fault_driver.h"
 #include "tests/support/subprocess.h"
 
 namespace {
 
 using namespace epx::test;  // NOLINT: test helpers
-using Clock = std::chrono::steady_clock;
 
 constexpr int kRanks = 4;
 constexpr int kTimeoutMs = 10000;  // EPX_TIMEOUT of the ranks
@@ -74,13 +72,6 @@ std::string Rdma() {
 }
 bool Verbs() {
   return Rdma() == "verbs";
-}
-// Masked cells on verbs only with EPX_FAULT_MATRIX_VERBS_MASKED=1: they fail today (the survivors mask the
-// victim, but a later call fails on the dead rank's QP; see the issue note), so rxe_fault_matrix leaves
-// them out until the library handles it.
-bool VerbsMasked() {
-  const char* v = std::getenv("EPX_FAULT_MATRIX_VERBS_MASKED");
-  return v != nullptr && std::string(v) == "1";
 }
 std::string Topology(int nodes) {
   return nodes == 2 ? "2x2 " + Rdma() : "1x4";
@@ -138,49 +129,21 @@ struct Row {
   std::string cell;
   int victim = -1;
   std::map<int, double> secs;      // survivor -> seconds from the death to its error
-  std::map<int, std::string> how;  // survivor -> how its error named the dead rank (NamedIn)
+  std::map<int, std::string> how;  // survivor -> how its error named the dead rank (NamingOf)
   std::string verdict;
 };
 
-// A rank a survivor's error names as failed, and how: "died" (the process scan, transport/liveness.h, which
-// lists every dead rank), "probe" (a verbs liveness probe got no acknowledgement), "QP" (a work request to
-// or from it failed). `victim` if the error names it so, else the first rank it names; rank -1: none.
-struct Naming {
-  int rank = -1;
-  std::string how;
-};
-Naming NamedIn(const std::string& line, int victim) {
-  static const std::pair<std::regex, const char*> kForms[] = {
-      {std::regex(R"(rank (\d+) \(pid \d+, node \d+\) died)"), "died"},
-      {std::regex(R"(rank (\d+) is unreachable: liveness probe)"), "probe"},
-      {std::regex(R"( to rank (\d+) failed on channel|\(rank (\d+) -> rank \d+, channel)"), "QP"}};
-  Naming first;
-  for (const auto& [re, how] : kForms)
-    for (std::sregex_iterator it(line.begin(), line.end(), re), end; it != end; ++it) {
-      const Naming n{std::stoi((*it)[1].matched ? (*it)[1] : (*it)[2]), how};
-      if (n.rank == victim) return n;
-      if (first.rank < 0) first = n;
-    }
-  return first;
+// How a survivor's error names the victim (fault_driver.h NamedIn) if it does, else the first rank it names
+// as failed; rank -1: none.
+Naming NamingOf(const std::string& line, int victim) {
+  const std::vector<Naming> named = NamedIn(line);
+  auto it = std::find_if(named.begin(), named.end(), [&](const Naming& n) { return n.rank == victim; });
+  return it != named.end() ? *it : named.empty() ? Naming{} : named[0];
 }
+
 std::vector<Row>& Rows() {
   static std::vector<Row> rows;
   return rows;
-}
-
-std::set<std::string> DevShm() {
-  std::set<std::string> s;
-  for (auto& e : std::filesystem::directory_iterator("/dev/shm")) s.insert(e.path().filename());
-  return s;
-}
-
-// Gone = no such process, or a zombie nobody reaped yet.
-bool PidGone(int pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  size_t paren = s.rfind(')');
-  return paren == std::string::npos || paren + 2 >= s.size() || s[paren + 2] == 'Z' || s[paren + 2] == 'X';
 }
 
 struct Parsed {
@@ -205,11 +168,6 @@ struct Parsed {
 };
 
 Parsed Parse(const std::string& out) {
-  static const std::regex ready(R"(^\[r(\d+)\] fault-worker: ready rank (\d+) pid (\d+)$)");
-  static const std::regex death(
-      R"(^\[r(\d+)\] epx\[r\d+\] fault injection \(EPX_FAULT\): rank (\d+) \(pid (\d+)\) )"
-      R"(kills itself with SIGKILL at (\S+) \(hit \d+\) t_mono_ns=(\d+)$)");
-  static const std::regex failed(R"(^\[r(\d+)\] fault-worker: rank (\d+) FAILED t_mono_ns=(\d+) in (.*)$)");
   static const std::regex done(R"(^\[r(\d+)\] fault-worker: rank (\d+) done)");
   static const std::regex masked(
       R"(^\[r(\d+)\] fault-worker: rank (\d+) masked \[([\d,]*)\], (\d+) rounds checked after the death .* )"
@@ -224,15 +182,15 @@ Parsed Parse(const std::string& out) {
   std::istringstream in(out);
   for (std::string line; std::getline(in, line);) {
     std::smatch m;
-    if (std::regex_match(line, m, ready)) {
-      p.pid[std::stoi(m[2])] = std::stoi(m[3]);
-    } else if (std::regex_match(line, m, death)) {
-      p.victim = std::stoi(m[2]);
-      p.victim_pid = std::stoi(m[3]);
-      p.victim_point = m[4];
-      p.victim_ns = std::stoll(m[5]);
-    } else if (std::regex_match(line, m, failed)) {
-      p.failed[std::stoi(m[2])] = {std::stoll(m[3]), line};
+    if (const auto r = ParseReady(line)) {
+      p.pid[r->rank] = r->pid;
+    } else if (const auto d = ParseDeath(line); d && d->t_ns >= 0) {
+      p.victim = d->rank;
+      p.victim_pid = d->pid;
+      p.victim_point = d->point;
+      p.victim_ns = d->t_ns;
+    } else if (const auto f = ParseFailure(line)) {
+      p.failed[f->rank] = {f->t_ns, line};
     } else if (std::regex_search(line, m, done)) {
       p.done.insert(std::stoi(m[2]));
     } else if (std::regex_search(line, m, masked)) {
@@ -253,54 +211,45 @@ Parsed Parse(const std::string& out) {
   return p;
 }
 
-struct Launch {
-  int status = -1;
-  std::string out;
-  double seconds = 0;
-};
-
-Launch RunJob(int nodes, const std::string& fault, int rounds, const std::vector<std::string>& extra = {}) {
+Finished RunJob(int nodes, const std::string& fault, int rounds, const std::vector<std::string>& extra = {}) {
   Env env = {{"EPX_RDMA", Rdma()},
              {"EPX_TIMEOUT", std::to_string(kTimeoutMs) + "ms"},
              {"EPX_HEAP_SIZE", "32M"},
              {"EPX_LOG_LEVEL", "warn"},
              {"EPX_FAULT", fault}};
-  const auto t0 = Clock::now();
   std::vector<std::string> argv = {
       EPX_RUN_BIN, "-n", std::to_string(kRanks), "--nodes",  std::to_string(nodes), "--grace",
       kGrace,      "--", EPX_FAULT_WORKER_BIN,   "--rounds", std::to_string(rounds)};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  Proc p = Spawn(argv, env);
-  Launch l;
-  l.status = WaitExit(p, 90);
-  l.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  l.out = p.Output();
-  return l;
+  return RunToEnd(argv, env, 90);
 }
 
-// Every pid gone within `secs` (the launcher has exited: nothing may outlive it for long).
-bool AllGone(const std::map<int, int>& pids, double secs) {
-  const auto end = Clock::now() + std::chrono::milliseconds(static_cast<int>(secs * 1000));
-  for (;;) {
-    bool all = true;
-    for (auto [rank, pid] : pids) all = all && PidGone(pid);
-    if (all) return true;
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+// What every cell's job must show, whatever the survivors do: it ended, every rank came up, the victim died
+// at the point as the process it reported ready, and epx-run exits 137 naming that death last (the victim's
+// death is the job's failure). Fatal failures where the survivors' checks would have nothing to go on.
+void CheckTheDeath(const Finished& l, int victim, const char* point, Parsed* parsed) {
+  ASSERT_NE(l.status, -1) << "the job did not end within 90 s:\n" << l.out;
+  const Parsed& p = *parsed = Parse(l.out);
+  ASSERT_EQ(p.pid.size(), static_cast<size_t>(kRanks)) << "not every rank came up:\n" << l.out;
+  ASSERT_EQ(p.victim, victim) << "the victim did not die at " << point << ":\n" << l.out;
+  EXPECT_EQ(p.victim_point, point);
+  EXPECT_EQ(p.victim_pid, p.pid.at(victim));
+  EXPECT_TRUE(WIFEXITED(l.status) && WEXITSTATUS(l.status) == 128 + SIGKILL) << l.out;
+  EXPECT_NE(l.out.find(fmt::format("epx-run: exit code 137: rank {} (pid {}) killed by SIGKILL (signal 9",
+                                   victim, p.victim_pid)),
+            std::string::npos)
+      << l.out;
 }
 
-// New /dev/shm entries that stay (a concurrent unrelated program's short-lived segment gets 2 s to go).
-std::vector<std::string> NewShm(const std::set<std::string>& before) {
-  std::vector<std::string> added;
-  for (int attempt = 0; attempt < 20; ++attempt) {
-    added.clear();
-    for (const auto& n : DevShm())
-      if (!before.count(n)) added.push_back(n);
-    if (added.empty()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return added;
+// Nothing of the job is left: no rank process 3 s after epx-run's exit, no new /dev/shm entry. True if so.
+bool NothingLeft(const Parsed& p, const std::set<std::string>& shm_before) {
+  std::vector<int> pids;
+  for (auto [rank, pid] : p.pid) pids.push_back(pid);
+  const bool gone = AllPidsGone(pids, std::chrono::seconds(3));
+  EXPECT_TRUE(gone) << "a rank process outlived the launcher";
+  const auto added = NewShm(shm_before);
+  EXPECT_TRUE(added.empty()) << "new /dev/shm entries: " << ::testing::PrintToString(added);
+  return gone && added.empty();
 }
 
 TEST(FaultMatrixBaseline, WithoutAFaultEveryRankFinishes) {
@@ -308,7 +257,7 @@ TEST(FaultMatrixBaseline, WithoutAFaultEveryRankFinishes) {
   // a cell below is the injected death's doing.
   for (int nodes : {2, 1}) {
     if (nodes == 1 && Verbs()) continue;  // no RDMA domain on one node: the native matrix covers it
-    Launch l = RunJob(nodes, "", 2);
+    const Finished l = RunJob(nodes, "", 2);
     ASSERT_NE(l.status, -1) << "hung:\n" << l.out;
     EXPECT_TRUE(WIFEXITED(l.status) && WEXITSTATUS(l.status) == 0) << l.out;
     Parsed p = Parse(l.out);
@@ -322,12 +271,10 @@ TEST(FaultMatrixBaseline, WithoutAFaultMaskModeChecksEveryRound) {
   // fault_worker --mask without a victim: every low-latency result equals the full reference and nobody
   // is masked, on both topologies and with 1 and 2 channels, so a check that fails in a masked cell below
   // is about the death, not about the checker.
-  if (Verbs() && !VerbsMasked()) GTEST_SKIP() << "no masked cells on verbs (EPX_FAULT_MATRIX_VERBS_MASKED=1)";
   for (int nodes : {2, 1}) {
     if (nodes == 1 && Verbs()) continue;
     for (int channels : {1, 2}) {
-      if (channels == 2 && Verbs()) continue;  // the verbs masked cells are 1-channel ones
-      Launch l = RunJob(nodes, "", 4, {"--mask", "--ll-channels", std::to_string(channels)});
+      const Finished l = RunJob(nodes, "", 4, {"--mask", "--ll-channels", std::to_string(channels)});
       ASSERT_NE(l.status, -1) << "hung:\n" << l.out;
       EXPECT_TRUE(WIFEXITED(l.status) && WEXITSTATUS(l.status) == 0) << l.out;
       Parsed p = Parse(l.out);
@@ -351,26 +298,12 @@ TEST_P(FaultMatrix, EverySurvivorNamesTheDeadRank) {
   // after <= 3 and one hit per call or more: the death comes before the 4th round, which the survivors
   // cannot finish without the victim (were it in the last one, they might all be done and only the final
   // bootstrap barrier would notice: "rank V disconnected", also a peer failure, but not this one).
-  Launch l = RunJob(c.nodes, spec, 4);
+  const Finished l = RunJob(c.nodes, spec, 4);
   Row row{CellName(c), c.victim, {}, {}, "FAIL"};
-  struct Record {  // the row goes into the table whatever the assertions say
-    Row& r;
-    ~Record() { Rows().push_back(r); }
-  } record{row};
-
-  ASSERT_NE(l.status, -1) << "the job did not end within 90 s:\n" << l.out;
-  const Parsed p = Parse(l.out);
-  ASSERT_EQ(p.pid.size(), static_cast<size_t>(kRanks)) << "not every rank came up:\n" << l.out;
-  ASSERT_EQ(p.victim, c.victim) << "the victim did not die at " << c.point << ":\n" << l.out;
-  EXPECT_EQ(p.victim_point, c.point);
-  EXPECT_EQ(p.victim_pid, p.pid.at(c.victim));
-
-  // The launcher: non-zero, naming the cause last.
-  EXPECT_TRUE(WIFEXITED(l.status) && WEXITSTATUS(l.status) == 128 + SIGKILL) << l.out;
-  EXPECT_NE(l.out.find(fmt::format("epx-run: exit code 137: rank {} (pid {}) killed by SIGKILL (signal 9",
-                                   c.victim, p.victim_pid)),
-            std::string::npos)
-      << l.out;
+  const RecordRow record(row, Rows());
+  Parsed p;
+  CheckTheDeath(l, c.victim, c.point, &p);
+  if (HasFatalFailure()) return;
 
   // Every survivor: a peer failure naming the dead rank, well before the deadline. On shm the process
   // scan names it ("rank V (pid P, node n) died"); on verbs a survivor may also learn it from the verbs
@@ -390,7 +323,7 @@ TEST_P(FaultMatrix, EverySurvivorNamesTheDeadRank) {
     const double secs = static_cast<double>(it->second.first - p.victim_ns) / 1e9;
     row.secs[r] = secs;
     worst = std::max(worst, secs);
-    const Naming n = NamedIn(it->second.second, c.victim);
+    const Naming n = NamingOf(it->second.second, c.victim);
     const bool ok = it->second.second.find(named) != std::string::npos || (Verbs() && n.rank == c.victim);
     row.how[r] = n.how.empty() ? "?" : n.rank == c.victim ? n.how : fmt::format("{} r{}", n.how, n.rank);
     EXPECT_TRUE(ok) << "rank " << r << "'s error does not name " << (Verbs() ? "rank V: " : "") << named
@@ -403,24 +336,17 @@ TEST_P(FaultMatrix, EverySurvivorNamesTheDeadRank) {
         << "rank " << r << " reported the death after " << secs << " s";
   }
 
-  // Nothing left behind.
-  const bool gone = AllGone(p.pid, 3);
-  EXPECT_TRUE(gone) << "a rank process outlived the launcher";
-  const auto added = NewShm(before);
-  EXPECT_TRUE(added.empty()) << "new /dev/shm entries: " << ::testing::PrintToString(added);
-  const bool pass = all_named && worst <= kTimeoutMs / 1000.0 + 1.0 && gone && added.empty() &&
-                    WIFEXITED(l.status) && WEXITSTATUS(l.status) == 137;
+  const bool left_nothing = NothingLeft(p, before);
+  const bool pass = all_named && worst <= kTimeoutMs / 1000.0 + 1.0 && left_nothing && WIFEXITED(l.status) &&
+                    WEXITSTATUS(l.status) == 137;
   row.verdict = pass ? "ok" : "FAIL";
   std::printf("%s: survivors failed %.2f s max after the death; job %.1f s\n", row.cell.c_str(), worst,
               l.seconds);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, FaultMatrix, ::testing::ValuesIn(MakeCells()), [](const auto& info) {
-  std::string n = fmt::format("{}_r{}_after{}_{}", info.param.point, info.param.victim, info.param.after,
-                              TopologyTag(info.param.nodes));
-  for (char& ch : n)
-    if (ch == '.') ch = '_';
-  return n;
+  return GtestName(fmt::format("{}_r{}_after{}_{}", info.param.point, info.param.victim, info.param.after,
+                               TopologyTag(info.param.nodes)));
 });
 
 // ---- Masked cells ----------------------------------------------------------------------------------
@@ -443,11 +369,11 @@ std::vector<MaskCell> MakeMaskCells() {
   static constexpr const char* kPoints[] = {"ll.dispatch.send", "ll.dispatch.recv", "ll.combine.send",
                                             "ll.combine.recv"};
   std::vector<MaskCell> cells;
-  if (Verbs()) {  // one guest under TCG: two cells, a send point and a receive point, both nodes' ranks
-    if (VerbsMasked()) {
-      cells.push_back({kPoints[0], 1, 2, 2, 1});
-      cells.push_back({kPoints[3], 2, 1, 2, 1});
-    }
+  if (Verbs()) {  // one guest under TCG: every point once, victims on both nodes, 1 and 2 channels
+    cells.push_back({kPoints[0], 1, 2, 2, 1});
+    cells.push_back({kPoints[1], 3, 2, 2, 2});
+    cells.push_back({kPoints[2], 0, 1, 2, 2});
+    cells.push_back({kPoints[3], 2, 1, 2, 1});
     return cells;
   }
   int k = 0;
@@ -490,26 +416,12 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
                fmt::format(", fault_worker --mask --ll-channels {}", c.channels));
   const auto before = DevShm();
   // --rounds is ignored with a victim: the worker runs up to the round of the death and 3 more.
-  Launch l = RunJob(c.nodes, spec, 0, {"--mask", "--ll-channels", std::to_string(c.channels)});
+  const Finished l = RunJob(c.nodes, spec, 0, {"--mask", "--ll-channels", std::to_string(c.channels)});
   MaskRow row{MaskCellName(c), c.victim, {}, 0, "", "FAIL"};
-  struct Record {  // the row goes into the table whatever the assertions say
-    MaskRow& r;
-    ~Record() { MaskRows().push_back(r); }
-  } record{row};
-
-  ASSERT_NE(l.status, -1) << "the job did not end within 90 s:\n" << l.out;
-  const Parsed p = Parse(l.out);
-  ASSERT_EQ(p.pid.size(), static_cast<size_t>(kRanks)) << "not every rank came up:\n" << l.out;
-  ASSERT_EQ(p.victim, c.victim) << "the victim did not die at " << c.point << ":\n" << l.out;
-  EXPECT_EQ(p.victim_point, c.point);
-  EXPECT_EQ(p.victim_pid, p.pid.at(c.victim));
-
-  // The launcher: the victim's death is the job's failure, named last.
-  EXPECT_TRUE(WIFEXITED(l.status) && WEXITSTATUS(l.status) == 128 + SIGKILL) << l.out;
-  EXPECT_NE(l.out.find(fmt::format("epx-run: exit code 137: rank {} (pid {}) killed by SIGKILL (signal 9",
-                                   c.victim, p.victim_pid)),
-            std::string::npos)
-      << l.out;
+  const RecordRow record(row, MaskRows());
+  Parsed p;
+  CheckTheDeath(l, c.victim, c.point, &p);
+  if (HasFatalFailure()) return;
 
   // Every survivor: masked the victim (the library's warning, timed), checked every result, exited 0.
   // And it went on at once: the death is seen by the liveness scan (~0.1 s), so no wait may run into its
@@ -563,13 +475,9 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
                               : outcome.starts_with("without ") ? "without"
                                                                 : "same");
 
-  // Nothing left behind.
-  const bool gone = AllGone(p.pid, 3);
-  EXPECT_TRUE(gone) << "a rank process outlived the launcher";
-  const auto added = NewShm(before);
-  EXPECT_TRUE(added.empty()) << "new /dev/shm entries: " << ::testing::PrintToString(added);
+  const bool left_nothing = NothingLeft(p, before);
   const bool pass = survivors_ok && p.check_failed.empty() && p.failed.empty() && p.timeouts.empty() &&
-                    gone && added.empty() && WIFEXITED(l.status) && WEXITSTATUS(l.status) == 137;
+                    left_nothing && WIFEXITED(l.status) && WEXITSTATUS(l.status) == 137;
   row.verdict = pass ? "ok" : "FAIL";
   std::printf(
       "%s: survivors masked the victim %.2f s max after its death, all done after %.2f s; either-way calls: "
@@ -577,97 +485,82 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
       row.cell.c_str(), worst, row.done, row.either.empty() ? "-" : row.either.c_str(), l.seconds);
 }
 
-GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FaultMatrixMasked);  // no masked cells on verbs by default
 INSTANTIATE_TEST_SUITE_P(Cells, FaultMatrixMasked, ::testing::ValuesIn(MakeMaskCells()),
                          [](const auto& info) {
-                           std::string n = fmt::format("{}_r{}_after{}_{}_ch{}", info.param.point,
-                                                       info.param.victim, info.param.after,
-                                                       TopologyTag(info.param.nodes), info.param.channels);
-                           for (char& ch : n)
-                             if (ch == '.') ch = '_';
-                           return n;
+                           return GtestName(fmt::format("{}_r{}_after{}_{}_ch{}", info.param.point,
+                                                        info.param.victim, info.param.after,
+                                                        TopologyTag(info.param.nodes), info.param.channels));
                          });
 
-// Prints the matrix once every cell ran (gtest environments tear down after all tests).
-class PrintMatrix : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (Rows().empty()) {
-      PrintMasked();
-      return;
+// A row's cells of the ranks: "killed" for the victim, a survivor's seconds as `cell` writes them, "none"
+// for a survivor without; `worst` gets the largest of the seconds.
+std::string RankCells(int victim, const std::map<int, double>& secs,
+                      const std::function<std::string(int, double)>& cell, double* worst) {
+  std::string t;
+  *worst = 0;
+  for (int r = 0; r < kRanks; ++r) {
+    if (r == victim) {
+      t += " killed |";
+    } else if (auto it = secs.find(r); it != secs.end()) {
+      t += cell(r, it->second);
+      *worst = std::max(*worst, it->second);
+    } else {
+      t += " none |";
     }
+  }
+  return t;
+}
+
+void PrintMasked() {
+  if (MaskRows().empty()) return;
+  std::string t = fmt::format(
+      "\nMasked fault matrix (fault_worker --mask, LlBuffer mask_on_failure): seconds from the victim's "
+      "SIGKILL to each survivor's mask warning (bound {} s); every survivor then ran 3 more rounds, each "
+      "result bitwise equal to the reference without the victim, and exited 0; \"done\": seconds from the "
+      "death until the last survivor finished them (bound {} s). \"either-way calls\": (survivor, call) "
+      "pairs that could legitimately keep or drop the victim's part (fault_worker.cc MaskWant) and what "
+      "they did.\n\n",
+      kTimeoutMs / 1000 + 1, kTimeoutMs / 2000.0);
+  t += TableHead("cell (EPX_FAULT point, hit, victim, topology, LL channels)", kRanks,
+                 {"max", "done", "either-way calls", "result"});
+  for (const MaskRow& row : MaskRows()) {
+    double worst = 0;
+    const auto secs_cell = [](int, double secs) { return fmt::format(" {:.3f} |", secs); };
+    t += "| " + row.cell + " |" + RankCells(row.victim, row.secs, secs_cell, &worst);
+    t += fmt::format(" {:.3f} | {:.2f} | {} | {} |\n", worst, row.done, row.either.empty() ? "-" : row.either,
+                     row.verdict);
+  }
+  std::fputs(t.c_str(), stdout);
+}
+
+// The matrix, then the masked one, once every cell ran.
+void PrintTables() {
+  if (!Rows().empty()) {
     std::string t = fmt::format(
         "\nFault matrix: seconds from the victim's SIGKILL to each survivor's error (EPX_TIMEOUT={} s, bound "
-        "{} s; epx-run --grace {} s; 4 ranks; 2-node cells with EPX_RDMA={}){}\n\n| cell (EPX_FAULT point, "
-        "hit, "
-        "victim, topology) |",
+        "{} s; epx-run --grace {} s; 4 ranks; 2-node cells with EPX_RDMA={}){}\n\n",
         kTimeoutMs / 1000, kTimeoutMs / 1000 + 1, kGrace, Rdma(),
         Verbs()
-            ? "; after the time, what named the dead rank: died = the process scan (\"rank V (pid P, node n) "
-              "died\"), probe = a failed verbs liveness probe (\"rank V is unreachable\"), QP = a failed "
-              "work "
-              "request to or from it; \"probe r0\": the error names rank 0, not the victim"
+            ? "; after the time, what named the dead rank: died = the process scan (\"rank V (pid P, node "
+              "n) died\"), probe = a failed verbs liveness probe (\"rank V is unreachable\"), QP = a failed "
+              "work request to or from it; \"probe r0\": the error names rank 0, not the victim"
             : "");
-    for (int r = 0; r < kRanks; ++r) t += fmt::format(" r{} |", r);
-    t += " max | result |\n|---|";
-    for (int r = 0; r <= kRanks + 1; ++r) t += "---|";
-    t += "\n";
+    t += TableHead("cell (EPX_FAULT point, hit, victim, topology)", kRanks, {"max", "result"});
     for (const Row& row : Rows()) {
-      t += "| " + row.cell + " |";
       double worst = 0;
-      for (int r = 0; r < kRanks; ++r) {
-        if (r == row.victim) {
-          t += " killed |";
-        } else if (auto it = row.secs.find(r); it != row.secs.end()) {
-          auto how = row.how.find(r);
-          t += Verbs() && how != row.how.end() ? fmt::format(" {:.2f} {} |", it->second, how->second)
-                                               : fmt::format(" {:.2f} |", it->second);
-          worst = std::max(worst, it->second);
-        } else {
-          t += " none |";
-        }
-      }
+      const auto secs_cell = [&](int r, double secs) {
+        auto how = row.how.find(r);
+        return Verbs() && how != row.how.end() ? fmt::format(" {:.2f} {} |", secs, how->second)
+                                               : fmt::format(" {:.2f} |", secs);
+      };
+      t += "| " + row.cell + " |" + RankCells(row.victim, row.secs, secs_cell, &worst);
       t += fmt::format(" {:.2f} | {} |\n", worst, row.verdict);
     }
     std::fputs(t.c_str(), stdout);
-    PrintMasked();
-    std::fflush(stdout);
   }
-
- private:
-  static void PrintMasked() {
-    if (MaskRows().empty()) return;
-    std::string t = fmt::format(
-        "\nMasked fault matrix (fault_worker --mask, LlBuffer mask_on_failure): seconds from the victim's "
-        "SIGKILL to each survivor's mask warning (bound {} s); every survivor then ran 3 more rounds, each "
-        "result bitwise equal to the reference without the victim, and exited 0; \"done\": seconds from the "
-        "death until the last survivor finished them (bound {} s). \"either-way calls\": (survivor, call) "
-        "pairs that could legitimately keep or drop the victim's part (fault_worker.cc MaskWant) and what "
-        "they did.\n\n| cell (EPX_FAULT point, hit, victim, topology, LL channels) |",
-        kTimeoutMs / 1000 + 1, kTimeoutMs / 2000.0);
-    for (int r = 0; r < kRanks; ++r) t += fmt::format(" r{} |", r);
-    t += " max | done | either-way calls | result |\n|---|";
-    for (int r = 0; r <= kRanks + 3; ++r) t += "---|";
-    t += "\n";
-    for (const MaskRow& row : MaskRows()) {
-      t += "| " + row.cell + " |";
-      double worst = 0;
-      for (int r = 0; r < kRanks; ++r) {
-        if (r == row.victim) {
-          t += " killed |";
-        } else if (auto it = row.secs.find(r); it != row.secs.end()) {
-          t += fmt::format(" {:.3f} |", it->second);
-          worst = std::max(worst, it->second);
-        } else {
-          t += " none |";
-        }
-      }
-      t += fmt::format(" {:.3f} | {:.2f} | {} | {} |\n", worst, row.done,
-                       row.either.empty() ? "-" : row.either, row.verdict);
-    }
-    std::fputs(t.c_str(), stdout);
-  }
-};
+  PrintMasked();
+  std::fflush(stdout);
+}
 
 }  // namespace
 
@@ -676,7 +569,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fault_matrix_test: EPX_FAULT_MATRIX_RDMA='%s': expected shm or verbs\n", r.c_str());
     return 2;
   }
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new PrintMatrix);
-  return RUN_ALL_TESTS();
+  return RunAllThenPrint(argc, argv, PrintTables);
 }

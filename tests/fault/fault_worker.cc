@@ -67,6 +67,26 @@ long long MonoNs() {
   ::_exit(3);
 }
 
+ProblemSpec RoundSpec(const Context& ctx, uint64_t seed) {
+  ProblemSpec spec;
+  spec.num_ranks = ctx.world_size();
+  spec.local_size = ctx.placement().local_size;
+  spec.num_experts = kExpertsPerRank * ctx.world_size();
+  spec.hidden = kHidden;
+  spec.topk = kTopk;
+  spec.seed = seed;
+  return spec;
+}
+
+std::unique_ptr<NormalBuffer> CreateNormalBuffer(Context& ctx) {
+  auto ncfg = NormalConfig::FromEnv();
+  if (!ncfg.ok()) Fail(ctx.rank(), "NormalConfig::FromEnv", -1, ncfg.status());
+  if (std::getenv("EPX_NORMAL_CHANNELS") == nullptr) ncfg->num_channels = 2;
+  auto nb = NormalBuffer::Create(ctx, *ncfg, NormalLimits{kHidden, kTopk, kExpertsPerRank});
+  if (!nb.ok()) Fail(ctx.rank(), "NormalBuffer::Create", -1, nb.status());
+  return std::move(*nb);
+}
+
 namespace {
 
 template <typename T>
@@ -76,11 +96,23 @@ std::span<const T> As(const std::vector<uint8_t>& v) {
 
 // ---- --mask -----------------------------------------------------------------------------------------
 
-constexpr int kHidden = 256, kTopk = 4, kExpertsPerRank = 8, kTokens = 40;
 constexpr int kMaskRoundsAfter = 3;  // rounds each survivor runs after the round of the death
 constexpr bf16 kNan{0x7fc0};         // expert-output rows past count: a combine that read one would show
 
 std::atomic<int> g_me{-1};
+
+// The LlBuffer configuration of every mode (--mask adds mask_on_failure). Depth 2: the rotation wraps every
+// round, so with a dead rank the release waits must skip it too.
+LowLatencyConfig LlConfig(int world_size) {
+  LowLatencyConfig lcfg;
+  lcfg.max_tokens = kTokens;
+  lcfg.hidden = kHidden;
+  lcfg.topk = kTopk;
+  lcfg.num_experts = kExpertsPerRank * world_size;
+  lcfg.depth = 2;
+  lcfg.use_fp8 = false;
+  return lcfg;
+}
 
 // Log sink of --mask: the library's lines go to stderr unchanged, but its mask warning ("low-latency: rank
 // X masks rank Y (mask_on_failure) ...") is followed by a line with the time it was logged, since log
@@ -110,13 +142,7 @@ struct LlRound {
 std::unique_ptr<LlRound> MakeLlRound(const Context& ctx, int round, int victim) {
   const int R = ctx.world_size();
   auto lr = std::make_unique<LlRound>();
-  ProblemSpec spec;
-  spec.num_ranks = R;
-  spec.local_size = ctx.placement().local_size;
-  spec.num_experts = kExpertsPerRank * R;
-  spec.hidden = kHidden;
-  spec.topk = kTopk;
-  spec.seed = 5000 + static_cast<uint64_t>(round);
+  ProblemSpec spec = RoundSpec(ctx, 5000 + static_cast<uint64_t>(round));
   spec.p_none = 0.1;           // -1 slots: combine must skip them as it skips the masked rank's experts
   for (int r = 0; r < R; ++r)  // every 4th round one rank (the victim too, in time) sends nothing
     spec.num_tokens.push_back(round % 4 == 3 && r == round % R ? 0 : kTokens - (5 * r + 3 * round) % 11);
@@ -371,13 +397,7 @@ int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
   const int death_round = death_call / 2;
   if (faulty) rounds = death_round + 1 + kMaskRoundsAfter;
 
-  LowLatencyConfig lcfg;
-  lcfg.max_tokens = kTokens;
-  lcfg.hidden = kHidden;
-  lcfg.topk = kTopk;
-  lcfg.num_experts = kExpertsPerRank * R;
-  lcfg.depth = 2;  // the rotation wraps every round: the release waits must skip the dead rank too
-  lcfg.use_fp8 = false;
+  LowLatencyConfig lcfg = LlConfig(R);
   lcfg.mask_on_failure = true;
   auto made = LlBuffer::Create(ctx, lcfg, channels);
   if (!made.ok()) Fail(me, "LlBuffer::Create", -1, made.status());
@@ -504,31 +524,13 @@ int Main(int argc, char** argv) {
   g_me = me;
   if (mask) return RunMasked(ctx, rounds, ll_channels, /*ignore_fault=*/false);
 
-  auto ncfg = NormalConfig::FromEnv();
-  if (!ncfg.ok()) Fail(me, "NormalConfig::FromEnv", -1, ncfg.status());
-  // Two channels unless the environment says otherwise: the abort path between channels is exercised.
-  if (std::getenv("EPX_NORMAL_CHANNELS") == nullptr) ncfg->num_channels = 2;
-  auto nb = NormalBuffer::Create(ctx, *ncfg, NormalLimits{kHidden, kTopk, kExpertsPerRank});
-  if (!nb.ok()) Fail(me, "NormalBuffer::Create", -1, nb.status());
-  LowLatencyConfig lcfg;
-  lcfg.max_tokens = kTokens;
-  lcfg.hidden = kHidden;
-  lcfg.topk = kTopk;
-  lcfg.num_experts = kExpertsPerRank * R;
-  lcfg.depth = 2;
-  lcfg.use_fp8 = false;
-  auto lb = LlBuffer::Create(ctx, lcfg, 1);
+  const std::unique_ptr<NormalBuffer> nb = CreateNormalBuffer(ctx);
+  auto lb = LlBuffer::Create(ctx, LlConfig(R), 1);
   if (!lb.ok()) Fail(me, "LlBuffer::Create", -1, lb.status());
   if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
 
   for (int round = 0; round < rounds; ++round) {
-    ProblemSpec spec;
-    spec.num_ranks = R;
-    spec.local_size = ctx.placement().local_size;
-    spec.num_experts = kExpertsPerRank * R;
-    spec.hidden = kHidden;
-    spec.topk = kTopk;
-    spec.seed = 1000 + static_cast<uint64_t>(round);
+    ProblemSpec spec = RoundSpec(ctx, 1000 + static_cast<uint64_t>(round));
     for (int r = 0; r < R; ++r) spec.num_tokens.push_back(kTokens - (3 * r + round) % 7);
     GeneratedProblem g(spec, me);
     const RefProblem& p = g.problem();
@@ -545,12 +547,12 @@ int Main(int argc, char** argv) {
     in.topk_weights = p.topk_weights[me];
     DispatchOutput out;
     NormalHandle h;
-    if (Status s = (*nb)->Dispatch(in, &out, &h); !s.ok()) Fail(me, "normal dispatch", round, s);
+    if (Status s = nb->Dispatch(in, &out, &h); !s.ok()) Fail(me, "normal dispatch", round, s);
     CombineInput cin;
     cin.hidden = kHidden;
     cin.y = As<bf16>(out.x).first(static_cast<size_t>(out.num_recv_tokens) * kHidden);
     CombineOutput cout;
-    if (Status s = (*nb)->Combine(h, cin, &cout); !s.ok()) Fail(me, "normal combine", round, s);
+    if (Status s = nb->Combine(h, cin, &cout); !s.ok()) Fail(me, "normal combine", round, s);
 
     // Low-latency mode: the same tokens (BF16), combined back with their weights.
     LlDispatchInput lin;

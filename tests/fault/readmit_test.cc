@@ -21,22 +21,19 @@
 
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "tests/fault/fault_driver.h"
 #include "tests/support/subprocess.h"
 
 namespace {
 
 using namespace epx::test;  // NOLINT: test helpers
-using Clock = std::chrono::steady_clock;
 
 constexpr int kRanks = 4;
 constexpr int kBootstrapTimeoutMs = 3000;  // negative cells: how long the survivors wait for V
@@ -56,20 +53,6 @@ std::string CellName(const Cell& c) {
 
 void PrintTo(const Cell& c, std::ostream* os) {
   *os << CellName(c);
-}
-
-std::set<std::string> DevShm() {
-  std::set<std::string> s;
-  for (auto& e : std::filesystem::directory_iterator("/dev/shm")) s.insert(e.path().filename());
-  return s;
-}
-
-bool PidGone(int pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  size_t paren = s.rfind(')');
-  return paren == std::string::npos || paren + 2 >= s.size() || s[paren + 2] == 'Z' || s[paren + 2] == 'X';
 }
 
 // What the lines of one run say.
@@ -92,9 +75,6 @@ struct Parsed {
 Parsed Parse(const std::string& out) {
   Parsed p;
   static const std::regex ready(R"(^\[r(\d+)\] fault-worker: rank \d+ ready \(generation 1\) pid (\d+)$)");
-  static const std::regex death(
-      R"(^\[r(\d+)\] epx\[r\d+\] fault injection \(EPX_FAULT\): rank \d+ \(pid (\d+)\) kills itself with )"
-      R"(SIGKILL at \S+ \(hit \d+\) t_mono_ns=(\d+)$)");
   static const std::regex restarted(
       R"(^\[r(\d+)\] fault-worker: rank \d+ restarted \(restart 1\) pid (\d+) )");
   static const std::regex masked(
@@ -109,7 +89,6 @@ Parsed Parse(const std::string& out) {
   static const std::regex done(
       R"(^\[r(\d+)\] fault-worker: rank \d+ done \(\d+ rounds, every result checked\)$)");
   static const std::regex passed(R"(^\[r(\d+)\] fault-worker: rank \d+ readmit passed: .*\(generation 2\) )");
-  static const std::regex failed(R"(^\[r(\d+)\] fault-worker: rank \d+ FAILED t_mono_ns=(\d+) in (.*)$)");
   static const std::regex restart(
       R"(^epx-run: rank \d+ \(pid (\d+)\) killed by SIGKILL \(signal 9, Killed\); )"
       R"(restarting it \(1 of 1\) as pid (\d+)$)");
@@ -119,8 +98,8 @@ Parsed Parse(const std::string& out) {
     if (line.rfind("epx-run: ", 0) == 0) p.last = line;
     if (std::regex_search(line, m, ready)) {
       p.ready_pid[std::stoi(m[1])] = std::stoi(m[2]);
-    } else if (std::regex_search(line, m, death)) {
-      p.victim = std::stoi(m[1]), p.victim_pid = std::stoi(m[2]), p.death_ns = std::stoll(m[3]);
+    } else if (const auto d = ParseDeath(line); d && d->t_ns >= 0) {
+      p.victim = d->rank, p.victim_pid = d->pid, p.death_ns = d->t_ns;
     } else if (std::regex_search(line, m, restarted)) {
       p.restarted_pid = std::stoi(m[2]);
     } else if (std::regex_search(line, m, masked)) {
@@ -135,8 +114,8 @@ Parsed Parse(const std::string& out) {
       p.done.insert(std::stoi(m[1]));
     } else if (std::regex_search(line, m, passed)) {
       p.passed.insert(std::stoi(m[1]));
-    } else if (std::regex_search(line, m, failed)) {
-      p.failed[std::stoi(m[1])] = {std::stoll(m[2]), line};
+    } else if (const auto f = ParseFailure(line)) {
+      p.failed[f->rank] = {f->t_ns, line};
     } else if (std::regex_search(line, m, restart)) {
       p.restart_old = std::stoi(m[1]), p.restart_new = std::stoi(m[2]);
     } else if (line.find("CHECK FAILED") != std::string::npos) {
@@ -146,13 +125,7 @@ Parsed Parse(const std::string& out) {
   return p;
 }
 
-struct JobRun {
-  int status = -1;
-  double seconds = 0;
-  std::string out;
-};
-
-JobRun RunJob(const Cell& c) {
+Finished RunJob(const Cell& c) {
   Env env = {{"EPX_RDMA", "shm"},
              {"EPX_TIMEOUT", "10s"},
              {"EPX_HEAP_SIZE", "32M"},
@@ -166,25 +139,40 @@ JobRun RunJob(const Cell& c) {
   else
     argv.insert(argv.end(), {"--grace", "30"});  // the survivors run on without a restart
   argv.insert(argv.end(), {"--", EPX_FAULT_WORKER_BIN, "--readmit", "--rounds", "3"});
-  const auto t0 = Clock::now();
-  Proc p = Spawn(argv, env);
-  JobRun r;
-  r.status = WaitExit(p, 120);
-  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  r.out = p.Output();
+  return RunToEnd(argv, env, 120);
+}
+
+// A cell's job and what its lines say, with /dev/shm as it was before the job.
+struct CellRun {
+  std::set<std::string> shm_before;
+  Finished run;
+  Parsed p;
+};
+CellRun RunCell(const Cell& c) {
+  CellRun r;
+  r.shm_before = DevShm();
+  r.run = RunJob(c);
+  r.p = Parse(r.run.out);
   return r;
 }
 
-// Every process of the job (first processes and V's restart) gone within a few seconds of epx-run's exit.
-void ExpectNoOrphans(const Parsed& p, const std::string& out) {
+// Nothing of the job is left: every process (first processes and V's restart) gone within 3 s of
+// epx-run's exit, /dev/shm as before it.
+void ExpectNothingLeft(const Parsed& p, const std::string& out, const std::set<std::string>& shm_before) {
   std::vector<int> pids;
   for (auto [rank, pid] : p.ready_pid) pids.push_back(pid);
   if (p.restarted_pid > 0) pids.push_back(p.restarted_pid);
-  const auto end = Clock::now() + std::chrono::seconds(3);
-  for (int pid : pids) {
-    while (!PidGone(pid) && Clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    EXPECT_TRUE(PidGone(pid)) << "pid " << pid << " outlived the job:\n" << out;
+  if (!AllPidsGone(pids, std::chrono::seconds(3))) {
+    for (int pid : pids) {
+      EXPECT_TRUE(PidGone(pid)) << "pid " << pid << " outlived the job:\n" << out;
+    }
   }
+  EXPECT_EQ(DevShm(), shm_before);
+}
+
+// "1x4_victim0": gtest names of the cells.
+std::string CellTestName(const ::testing::TestParamInfo<Cell>& info) {
+  return fmt::format("{}x{}_victim{}", info.param.nodes, kRanks / info.param.nodes, info.param.victim);
 }
 
 std::vector<std::string>& Table() {
@@ -197,10 +185,8 @@ class Readmit : public ::testing::TestWithParam<Cell> {};
 TEST_P(Readmit, RestartedRankRejoinsAndEveryRankMatchesTheFullReference) {
   const Cell c = GetParam();
   SCOPED_TRACE(CellName(c));
-  const auto shm_before = DevShm();
-  const JobRun run = RunJob(c);
+  const auto [shm_before, run, p] = RunCell(c);
   ASSERT_NE(run.status, -1) << "the job did not end within 120 s:\n" << run.out;
-  const Parsed p = Parse(run.out);
   EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 0) << run.out;
   ASSERT_EQ(p.ready_pid.size(), static_cast<size_t>(kRanks)) << "not every rank came up:\n" << run.out;
   ASSERT_EQ(p.victim, c.victim) << "the victim did not die at " << c.point << ":\n" << run.out;
@@ -241,28 +227,24 @@ TEST_P(Readmit, RestartedRankRejoinsAndEveryRankMatchesTheFullReference) {
     EXPECT_LT(secs, 20.0) << "re-admitted only after the bootstrap deadline";
     times += fmt::format(" {:.3f} |", secs);
   }
-  ExpectNoOrphans(p, run.out);
-  EXPECT_EQ(DevShm(), shm_before);
+  ExpectNothingLeft(p, run.out, shm_before);
   Table().push_back(fmt::format("| {} |{} {:.1f} |", CellName(c), times, run.seconds));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cells, Readmit,
-    ::testing::Values(Cell{1, 1, "ll.dispatch.send", 2}, Cell{1, 0, "ll.combine.recv", 2},
-                      Cell{2, 3, "ll.dispatch.recv", 1}, Cell{2, 0, "ll.combine.send", 3}),
-    [](const auto& info) {
-      return fmt::format("{}x{}_victim{}", info.param.nodes, kRanks / info.param.nodes, info.param.victim);
-    });
+INSTANTIATE_TEST_SUITE_P(Cells, Readmit,
+                         ::testing::Values(Cell{1, 1, "ll.dispatch.send", 2},
+                                           Cell{1, 0, "ll.combine.recv", 2},
+                                           Cell{2, 3, "ll.dispatch.recv", 1},
+                                           Cell{2, 0, "ll.combine.send", 3}),
+                         CellTestName);
 
 class ReadmitWithoutRestart : public ::testing::TestWithParam<Cell> {};
 
 TEST_P(ReadmitWithoutRestart, SurvivorsFailWithABootstrapErrorNamingTheMissingRank) {
   const Cell c = GetParam();
   SCOPED_TRACE(CellName(c));
-  const auto shm_before = DevShm();
-  const JobRun run = RunJob(c);
+  const auto [shm_before, run, p] = RunCell(c);
   ASSERT_NE(run.status, -1) << "the job did not end within 120 s:\n" << run.out;
-  const Parsed p = Parse(run.out);
   EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 128 + SIGKILL) << run.out;
   ASSERT_EQ(p.victim, c.victim) << run.out;
   EXPECT_EQ(p.restarted_pid, -1) << run.out;
@@ -288,37 +270,27 @@ TEST_P(ReadmitWithoutRestart, SurvivorsFailWithABootstrapErrorNamingTheMissingRa
     EXPECT_LE(secs, kBootstrapTimeoutMs / 1000.0 + 1.5) << f->second.second;
     EXPECT_TRUE(p.up.find(r) == p.up.end()) << run.out;
   }
-  ExpectNoOrphans(p, run.out);
-  EXPECT_EQ(DevShm(), shm_before);
+  ExpectNothingLeft(p, run.out, shm_before);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, ReadmitWithoutRestart,
                          ::testing::Values(Cell{1, 2, "ll.dispatch.send", 1, false},
                                            Cell{2, 0, "ll.combine.recv", 1, false}),
-                         [](const auto& info) {
-                           return fmt::format("{}x{}_victim{}", info.param.nodes, kRanks / info.param.nodes,
-                                              info.param.victim);
-                         });
+                         CellTestName);
 
-class PrintTable : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (Table().empty()) return;
-    std::string t =
-        "\nRe-admission (fault_worker --readmit under epx-run --respawn 1): seconds from the victim's "
-        "SIGKILL "
-        "to each rank's new Context (generation 2, the restarted victim included); then 3 low-latency and 3 "
-        "normal rounds, all checked against the full reference\n\n| cell | r0 | r1 | r2 | r3 | job s |\n"
-        "|---|---|---|---|---|---|\n";
-    for (const auto& row : Table()) t += row + "\n";
-    std::fputs(t.c_str(), stdout);
-  }
-};
+void PrintTable() {
+  if (Table().empty()) return;
+  std::string t =
+      "\nRe-admission (fault_worker --readmit under epx-run --respawn 1): seconds from the victim's SIGKILL "
+      "to each rank's new Context (generation 2, the restarted victim included); then 3 low-latency and 3 "
+      "normal rounds, all checked against the full reference\n\n" +
+      TableHead("cell", kRanks, {"job s"});
+  for (const auto& row : Table()) t += row + "\n";
+  std::fputs(t.c_str(), stdout);
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new PrintTable);
-  return RUN_ALL_TESTS();
+  return RunAllThenPrint(argc, argv, PrintTable);
 }

@@ -47,8 +47,6 @@
 namespace epx {
 namespace {
 
-constexpr int kHidden = 256, kTopk = 4, kExpertsPerRank = 8, kTokens = 40;
-
 // Open file descriptors of this process (the directory's own fd is counted every time alike).
 int CountFds() {
   DIR* d = ::opendir("/proc/self/fd");
@@ -74,20 +72,10 @@ int CountHeapMappings() {
 // of failed checks.
 int NormalRounds(Context& ctx, int rounds) {
   const int me = ctx.rank(), R = ctx.world_size();
-  auto ncfg = NormalConfig::FromEnv();
-  if (!ncfg.ok()) Fail(me, "NormalConfig::FromEnv", -1, ncfg.status());
-  if (std::getenv("EPX_NORMAL_CHANNELS") == nullptr) ncfg->num_channels = 2;
-  auto nb = NormalBuffer::Create(ctx, *ncfg, NormalLimits{kHidden, kTopk, kExpertsPerRank});
-  if (!nb.ok()) Fail(me, "NormalBuffer::Create", -1, nb.status());
+  const std::unique_ptr<NormalBuffer> nb = CreateNormalBuffer(ctx);
   int failures = 0;
   for (int round = 0; round < rounds; ++round) {
-    ProblemSpec spec;
-    spec.num_ranks = R;
-    spec.local_size = ctx.placement().local_size;
-    spec.num_experts = kExpertsPerRank * R;
-    spec.hidden = kHidden;
-    spec.topk = kTopk;
-    spec.seed = 7000 + static_cast<uint64_t>(round);
+    ProblemSpec spec = RoundSpec(ctx, 7000 + static_cast<uint64_t>(round));
     spec.p_none = 0.1;
     for (int r = 0; r < R; ++r) spec.num_tokens.push_back(kTokens - (3 * r + 2 * round) % 9);
     const GeneratedProblem g(spec, -1);  // every rank's rows: the combine reference reads them all
@@ -97,7 +85,7 @@ int NormalRounds(Context& ctx, int rounds) {
 
     DispatchOutput out;
     NormalHandle h;
-    if (Status s = (*nb)->Dispatch(test::NormalInputOf(g, me), &out, &h); !s.ok())
+    if (Status s = nb->Dispatch(test::NormalInputOf(g, me), &out, &h); !s.ok())
       Fail(me, "normal dispatch", round, s);
     std::vector<RefDispatch> refs;
     for (int r = 0; r < R; ++r) refs.push_back(ReferenceDispatch(p, *route, r));
@@ -110,7 +98,7 @@ int NormalRounds(Context& ctx, int rounds) {
     cin.topk = kTopk;
     cin.topk_weights = out.topk_weights;
     CombineOutput back;
-    if (Status s = (*nb)->Combine(h, cin, &back); !s.ok()) Fail(me, "normal combine", round, s);
+    if (Status s = nb->Combine(h, cin, &back); !s.ok()) Fail(me, "normal combine", round, s);
     RefCombineInputs rin;
     rin.y_row = [&](int r, int i) {
       return reinterpret_cast<const bf16*>(refs[r].x.data()) + static_cast<size_t>(i) * kHidden;

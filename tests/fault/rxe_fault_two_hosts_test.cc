@@ -42,8 +42,11 @@
 #include <string>
 #include <vector>
 
+#include "tests/fault/fault_driver.h"
+
 namespace {
 
+using namespace epx::test;  // NOLINT: test helpers
 using Clock = std::chrono::steady_clock;
 
 constexpr int kRanks = 4;
@@ -228,11 +231,6 @@ struct CellOut {
 
 CellOut Collect(const GuestRun& run, int n) {
   static const std::regex start(R"(^rxe-fault: cell (\d+) start host \d)");
-  static const std::regex ready(R"(^\[r(\d+)\] fault-worker: ready rank (\d+) pid (\d+)$)");
-  static const std::regex death(
-      R"(^\[r(\d+)\] epx\[r\d+\] fault injection \(EPX_FAULT\): rank (\d+) \(pid (\d+)\) )"
-      R"(kills itself with SIGKILL at (\S+) \(hit \d+\))");
-  static const std::regex failed(R"(^\[r(\d+)\] fault-worker: rank (\d+) FAILED t_mono_ns=\d+ in (.*)$)");
   static const std::regex rc(R"(^rxe-fault: cell (\d+) epx-run rc=(\d+) host (\d))");
   static const std::regex clean(R"(^rxe-fault: cell (\d+) (clean|LEFTOVER) host (\d)(.*)$)");
   static const std::regex down(R"(^rxe-fault: cell (\d+) link down host 1$)");
@@ -247,16 +245,17 @@ CellOut Collect(const GuestRun& run, int n) {
       continue;
     }
     if (cur[l.host] != n) continue;
-    if (std::regex_match(l.text, m, ready)) {
-      o.pid[std::stoi(m[2])] = std::stoi(m[3]);
-    } else if (std::regex_search(l.text, m, death)) {
-      o.victim = std::stoi(m[2]);
-      o.victim_pid = std::stoi(m[3]);
-      o.victim_point = m[4];
+    if (const auto r = ParseReady(l.text)) {
+      o.pid[r->rank] = r->pid;
+    } else if (const auto d = ParseDeath(l.text)) {
+      // The time of the death is the line's arrival, not its t_mono_ns: the guests' clocks differ.
+      o.victim = d->rank;
+      o.victim_pid = d->pid;
+      o.victim_point = d->point;
       o.victim_host = l.host;
       o.t_event = l.t;
-    } else if (std::regex_match(l.text, m, failed)) {
-      o.failed.emplace(std::stoi(m[2]), CellOut::Failed{l.t, l.host, l.text});
+    } else if (const auto f = ParseFailure(l.text)) {
+      o.failed.emplace(f->rank, CellOut::Failed{l.t, l.host, l.text});
     } else if (std::regex_search(l.text, m, rc)) {
       o.rc[std::stoi(m[3])] = std::stoi(m[2]);
     } else if (std::regex_search(l.text, m, clean)) {
@@ -272,24 +271,6 @@ CellOut Collect(const GuestRun& run, int n) {
   return o;
 }
 
-// The ranks a survivor's error names as failed, and how: "died" (the process scan, transport/liveness.h),
-// "probe" (a verbs liveness probe got no acknowledgement), "QP" (a work request to or from it failed). In
-// that order; empty when it names none (e.g. a timeout).
-struct Naming {
-  int rank = -1;
-  std::string how;
-};
-std::vector<Naming> NamedIn(const std::string& text) {
-  static const std::pair<std::regex, const char*> kForms[] = {
-      {std::regex(R"(rank (\d+) \(pid \d+, node \d+\) died)"), "died"},
-      {std::regex(R"(rank (\d+) is unreachable: liveness probe)"), "probe"},
-      {std::regex(R"( to rank (\d+) failed on channel|\(rank (\d+) -> rank \d+, channel)"), "QP"}};
-  std::vector<Naming> out;
-  for (const auto& [re, how] : kForms)
-    for (std::sregex_iterator it(text.begin(), text.end(), re), end; it != end; ++it)
-      out.push_back({std::stoi((*it)[1].matched ? (*it)[1] : (*it)[2]), how});
-  return out;
-}
 // The status class of a FAILED line: what follows "(round N): ".
 std::string StatusClass(const std::string& text) {
   static const std::regex cls(R"(\(round -?\d+\): ([a-z ]+): )");
@@ -338,10 +319,7 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
   const GuestRun& run = TheRun();
   const CellOut o = Collect(run, n);
   Row row{CellName(c), c.victim, {}, 0, "", "", "FAIL"};
-  struct Record {  // the row goes into the table whatever the assertions say
-    Row& r;
-    ~Record() { Rows().push_back(r); }
-  } record{row};
+  const RecordRow record(row, Rows());
   for (int h = 0; h < 2; ++h) {
     row.launchers += fmt::format("{}{}", h ? " / " : "", o.rc.count(h) ? std::to_string(o.rc.at(h)) : "?");
     row.clean += fmt::format("{}{}", h ? " / " : "", o.clean.count(h) ? o.clean.at(h).substr(0, 8) : "?");
@@ -456,50 +434,35 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
 INSTANTIATE_TEST_SUITE_P(Cells, RxeFaultCell, ::testing::Range(0, static_cast<int>(MakeCells().size())),
                          [](const auto& info) {
                            const Cell c = MakeCells()[static_cast<size_t>(info.param)];
-                           std::string s = c.victim < 0
-                                               ? "link_cut"
-                                               : fmt::format("{}_r{}_after{}", c.point, c.victim, c.after);
-                           for (char& ch : s)
-                             if (ch == '.') ch = '_';
-                           return s;
+                           return c.victim < 0
+                                      ? "link_cut"
+                                      : GtestName(fmt::format("{}_r{}_after{}", c.point, c.victim, c.after));
                          });
 
-class PrintTable : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (Rows().empty()) return;
-    std::string t = fmt::format(
-        "\nTwo hosts (two soft-RoCE guests, ranks 0,1 on host 0, 2,3 on host 1; EPX_RDMA=verbs, "
-        "EPX_TIMEOUT={} "
-        "s, bound {} s; times on the host's clock at the arrival of each line): seconds from the victim's "
-        "SIGKILL (link cut: host 1's `ip link set eth0 down`) to each rank's error, and what it named: died "
-        "= "
-        "the process scan (\"rank V (pid P, node n) died\"), probe = a failed verbs liveness probe (\"rank V "
-        "is unreachable\"), QP = a failed work request to or from it, TIMEOUT = the wait ran into its "
-        "deadline; \"probe r0\": it named rank 0, not the victim: \"(cascade)\" when rank 0 had failed "
-        "before "
-        "(a survivor exits once it failed; accepted on the other host only), \"(wrong)\" otherwise. epx-run: "
-        "exit codes host 0 / host 1.\n\n"
-        "| cell |",
-        kTimeoutS, kBound);
-    for (int r = 0; r < kRanks; ++r) t += fmt::format(" r{} |", r);
-    t += " max | epx-run | guests | result |\n|---|";
-    for (int r = 0; r < kRanks + 4; ++r) t += "---|";
-    t += "\n";
-    for (const Row& row : Rows()) {
-      t += "| " + row.cell + " |";
-      for (int r = 0; r < kRanks; ++r) t += " " + (row.col.count(r) ? row.col.at(r) : "-") + " |";
-      t += fmt::format(" {:.2f} | {} | {} | {} |\n", row.worst, row.launchers, row.clean, row.verdict);
-    }
-    std::fputs(t.c_str(), stdout);
-    std::fflush(stdout);
+void PrintTable() {
+  if (Rows().empty()) return;
+  std::string t = fmt::format(
+      "\nTwo hosts (two soft-RoCE guests, ranks 0,1 on host 0, 2,3 on host 1; EPX_RDMA=verbs, EPX_TIMEOUT={} "
+      "s, bound {} s; times on the host's clock at the arrival of each line): seconds from the victim's "
+      "SIGKILL (link cut: host 1's `ip link set eth0 down`) to each rank's error, and what it named: died = "
+      "the process scan (\"rank V (pid P, node n) died\"), probe = a failed verbs liveness probe (\"rank V "
+      "is unreachable\"), QP = a failed work request to or from it, TIMEOUT = the wait ran into its "
+      "deadline; \"probe r0\": it named rank 0, not the victim: \"(cascade)\" when rank 0 had failed before "
+      "(a survivor exits once it failed; accepted on the other host only), \"(wrong)\" otherwise. epx-run: "
+      "exit codes host 0 / host 1.\n\n",
+      kTimeoutS, kBound);
+  t += TableHead("cell", kRanks, {"max", "epx-run", "guests", "result"});
+  for (const Row& row : Rows()) {
+    t += "| " + row.cell + " |";
+    for (int r = 0; r < kRanks; ++r) t += " " + (row.col.count(r) ? row.col.at(r) : "-") + " |";
+    t += fmt::format(" {:.2f} | {} | {} | {} |\n", row.worst, row.launchers, row.clean, row.verdict);
   }
-};
+  std::fputs(t.c_str(), stdout);
+  std::fflush(stdout);
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new PrintTable);
-  return RUN_ALL_TESTS();
+  return RunAllThenPrint(argc, argv, PrintTable);
 }

@@ -1,6 +1,8 @@
 // tests/launcher/launch.h: epx-run driven as a subprocess for the launcher tests (launcher_test.cc,
 // respawn_test.cc): its stdout and stderr captured, bounded waits, the pids the probe reported, and a
-// check that every one of them is gone afterwards (the launcher must never leave orphans).
+// check that every one of them is gone afterwards (the launcher must never leave orphans; PidGone and
+// AllPidsGone are tests/support/subprocess.h's). Not subprocess.h's Spawn: these tests read stdout and
+// stderr apart and while epx-run still runs (pids, signals at a given moment), not one file at the end.
 //
 // EPX_RUN_BIN and EPX_PROBE_BIN are injected by CMake.
 #pragma once
@@ -14,15 +16,14 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "tests/support/subprocess.h"
 
 extern char** environ;
 
@@ -33,15 +34,6 @@ using Clock = std::chrono::steady_clock;
 
 inline int ExitCode(int status) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-// Gone = no such process, or a zombie nobody reaped yet (orphans are reaped by init eventually).
-inline bool PidGone(int pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  size_t paren = s.rfind(')');
-  return paren == std::string::npos || paren + 2 >= s.size() || s[paren + 2] == 'Z' || s[paren + 2] == 'X';
 }
 
 // One epx-run process with its stdout and stderr captured.
@@ -126,16 +118,7 @@ class Launch {
     return v;
   }
   // True once every reported process is gone (waits up to `limit`).
-  bool AllGone(std::chrono::milliseconds limit = 3s) const {
-    const auto deadline = Clock::now() + limit;
-    for (;;) {
-      bool all = true;
-      for (int p : Pids()) all = all && PidGone(p);
-      if (all) return true;
-      if (Clock::now() > deadline) return false;
-      std::this_thread::sleep_for(20ms);
-    }
-  }
+  bool AllGone(std::chrono::milliseconds limit = 3s) const { return AllPidsGone(Pids(), limit); }
   static std::vector<std::string> Lines(const std::string& s) {
     std::vector<std::string> v;
     std::istringstream in(s);

@@ -16,6 +16,7 @@
 #include <numaif.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +53,34 @@ void SleepSeconds(double s) {
   std::signal(sig, SIG_DFL);
   std::raise(sig);
   std::_Exit(99);
+}
+
+// Rendezvous of the ranks of one job through files in /tmp (not /dev/shm: the tests check that stays
+// clean): every rank marks itself started after printing its pid; AwaitAllStarted (the rank that is about
+// to fail) waits up to 10 s until all have, then removes the marks. Without it a loaded machine could run
+// the failure before a slow rank printed its pid, and the launcher would stop that rank unseen (a flaky
+// Pids().size() check).
+std::string StartDir() {
+  const char* j = std::getenv("EPX_JOB_ID");
+  return std::string("/tmp/epx-probe-") + (j != nullptr ? j : "nojob");
+}
+void MarkStarted(int rank) {
+  const std::string d = StartDir();
+  mkdir(d.c_str(), 0700);  // EEXIST from the other ranks is fine
+  if (FILE* f = std::fopen((d + "/" + std::to_string(rank)).c_str(), "w")) std::fclose(f);
+}
+void AwaitAllStarted() {
+  const char* w = std::getenv("EPX_WORLD_SIZE");
+  const int world = w != nullptr ? std::atoi(w) : 1;
+  const std::string d = StartDir();
+  for (int i = 0; i < 1000; ++i) {
+    int n = 0;
+    for (int r = 0; r < world; ++r) n += access((d + "/" + std::to_string(r)).c_str(), F_OK) == 0;
+    if (n == world) break;
+    SleepSeconds(0.01);
+  }
+  for (int r = 0; r < world; ++r) unlink((d + "/" + std::to_string(r)).c_str());
+  rmdir(d.c_str());
 }
 
 int Usage() {
@@ -96,10 +125,15 @@ int main(int argc, char** argv) {
   std::printf("pid %d\n", static_cast<int>(getpid()));
   std::fflush(stdout);
   auto arg = [&](int i) { return i < argc ? std::atoi(argv[i]) : -1; };
+  // Modes where one given rank fails while the others run on.
+  const bool one_fails = ((mode == "abort" || mode == "segv") && argc == 3) ||
+                         ((mode == "rank-exit" || mode == "termproof") && argc == 4 && arg(2) >= 0);
+  if (one_fails) MarkStarted(rank);
 
   if (mode == "exit" && argc == 3) return arg(2);
   if (mode == "abort" || mode == "segv") {
     if (argc == 2 || arg(2) == rank) {
+      if (one_fails) AwaitAllStarted();
       SleepSeconds(0.2);
       DieOf(mode == "abort" ? SIGABRT : SIGSEGV);
     }
@@ -129,6 +163,7 @@ int main(int argc, char** argv) {
   }
   if ((mode == "rank-exit" || mode == "termproof") && argc == 4) {
     if (rank == arg(2)) {
+      AwaitAllStarted();
       // termproof: long enough for the others to ignore SIGTERM first even on a loaded machine (with
       // 0.2 s, a rank not yet past its signal() calls died of the SIGTERM: a flaky grace-period test).
       SleepSeconds(mode == "termproof" ? 1.0 : 0.2);

@@ -1,5 +1,6 @@
 // tests/support/subprocess.h: helpers for failure suites that start rank processes themselves
-// (fork/exec with an environment, output captured, bounded waits). Header-only, test code only.
+// (fork/exec with an environment, output captured, bounded waits, checks that no process is left).
+// Header-only, test code only.
 #pragma once
 
 #include <netinet/in.h>
@@ -9,7 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <thread>
@@ -97,6 +101,49 @@ inline int WaitExit(const Proc& p, double secs) {
   kill(p.pid, SIGKILL);
   waitpid(p.pid, nullptr, 0);
   return -1;
+}
+
+// A process run to its end: wait status (-1: still running at the limit, then killed), seconds from its
+// start, and everything it wrote.
+struct Finished {
+  int status = -1;
+  double seconds = 0;
+  std::string out;
+};
+
+// Spawn, then WaitExit(secs): for a job whose output is judged once it is over.
+inline Finished RunToEnd(const std::vector<std::string>& argv, const Env& env, double secs) {
+  const auto t0 = SteadyClock::now();
+  Proc p = Spawn(argv, env);
+  Finished f;
+  f.status = WaitExit(p, secs);
+  f.seconds = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  f.out = p.Output();
+  return f;
+}
+
+// Gone = no such process, or a zombie nobody reaped yet (orphans are reaped by init eventually, and a
+// zombie holds nothing a later test could trip over).
+inline bool PidGone(int pid) {
+  if (kill(pid, 0) != 0 && errno == ESRCH) return true;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  // The state follows the last ')': the command name before it may contain spaces and parentheses.
+  size_t paren = s.rfind(')');
+  return paren == std::string::npos || paren + 2 >= s.size() || s[paren + 2] == 'Z' || s[paren + 2] == 'X';
+}
+
+// True once every pid is gone (PidGone), false if one is still there after `limit`: a launcher's children
+// need a moment after it exited, but none may outlive it for long.
+inline bool AllPidsGone(const std::vector<int>& pids, std::chrono::milliseconds limit) {
+  const auto end = SteadyClock::now() + limit;
+  for (;;) {
+    bool all = true;
+    for (int pid : pids) all = all && PidGone(pid);
+    if (all) return true;
+    if (SteadyClock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 // True once `text` occurs `count` times in p's output, false after `secs`.

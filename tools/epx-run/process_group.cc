@@ -426,9 +426,9 @@ void Supervisor::ReapExited() {
 }
 
 void Supervisor::RestartFailed() {
-  std::vector<Restart> todo;
-  todo.swap(to_restart_);
-  for (const Restart& t : todo) {
+  std::vector<Restart> due;
+  due.swap(to_restart_);
+  for (const Restart& t : due) {
     if (!first_failure_.empty() || stopping_) {  // the job failed meanwhile: its ranks are going down
       Say(fmt::format("epx-run: rank {} (pid {}) {}; not restarted: the job is failing", t.rank, t.pid,
                       t.what));
