@@ -8,6 +8,8 @@
 # finishes a cell early starts the next one and its ranks retry the bootstrap connect (up to
 # EPX_BOOTSTRAP_TIMEOUT) until the other host's ranks of that cell join. A CELL is
 #   V:POINT:AFTER   EPX_FAULT=rank=V,point=POINT,after=AFTER: rank V (on either host) SIGKILLs itself
+#   mask:V:POINT:AFTER  the same with fault_worker --mask (low-latency rounds, mask_on_failure): the
+#                   survivors mask V, check 3 more rounds against the reference without it and exit 0
 #   linkcut:ROUNDS  no fault; host 1 takes its link (eth0) down once its ranks are set up and in rounds
 # Each host runs its half of 2 nodes x 2 ranks (rank 0's host is 10.99.1.1):
 #   epx-run -n 4 --nodes 2 --nnodes 2 --node-rank H --master 10.99.1.1:PORT --grace G -- FAULT_WORKER
@@ -120,13 +122,18 @@ for cell in "$@"; do
           --grace "$GRACE" -- "$WORKER" --rounds "$rounds"
       fi
       ;;
+    mask:*:*:*)
+      IFS=: read -r _ victim point after <<< "$cell"
+      EPX_FAULT="rank=$victim,point=$point,after=$after" "$EPX_RUN" -n 4 --nodes 2 --nnodes 2 \
+        --node-rank "$H" --master "10.99.1.1:$port" --grace "$GRACE" -- "$WORKER" --mask --ll-channels 1
+      ;;
     *:*:*)
       IFS=: read -r victim point after <<< "$cell"
       EPX_FAULT="rank=$victim,point=$point,after=$after" "$EPX_RUN" -n 4 --nodes 2 --nnodes 2 \
         --node-rank "$H" --master "10.99.1.1:$port" --grace "$GRACE" -- "$WORKER" --rounds 4
       ;;
     *)
-      echo "rxe-fault: bad cell '$cell' (V:POINT:AFTER or linkcut:ROUNDS)"
+      echo "rxe-fault: bad cell '$cell' (V:POINT:AFTER, mask:V:POINT:AFTER or linkcut:ROUNDS)"
       exit 2
       ;;
   esac

@@ -18,6 +18,12 @@
 //     (a cascade) also counts on the other host, and the table marks it;
 //   * the victim's epx-run exits 137 naming it, the other host's epx-run exits non-zero;
 //   * each guest printed "cell N clean": no fault_worker / epx-run left, no new /dev/shm entry.
+// Masked kill cells (fault_worker --mask: low-latency rounds on an LlBuffer with mask_on_failure): every
+// survivor masks the victim within EPX_TIMEOUT + 1 s of the death (its "mask notice" line naming it; the
+// other host learns of the death only from the network: QP errors and probes), runs 3 more rounds whose
+// results equal the reference without the victim, bitwise, and exits 0 (no FAILED line, no check failure,
+// no wait that ran into its deadline); the victim's epx-run exits 137 naming it, the other host's exits 0;
+// both guests clean.
 // Link cut (last cell): no fault; once the ranks run rounds, host 1 takes eth0 down. Every rank on both
 // hosts must fail a call made during the rounds with a peer failure naming a rank of the OTHER host (or a
 // cascade), within EPX_TIMEOUT + 1 s of host 1's "link down" line; both epx-runs exit non-zero; both guests
@@ -60,6 +66,7 @@ struct Cell {
   int victim;  // -1: the link cut
   const char* point;
   int after;
+  bool mask = false;  // fault_worker --mask: the survivors go on without the victim
 };
 
 // Victims on both hosts, in both modes, at a sender, a forwarder, a receiver and a reducer; rank 0 (the
@@ -69,17 +76,20 @@ std::vector<Cell> MakeCells() {
           {2, "normal.combine.reduce", 1},
           {0, "ll.dispatch.recv", 2},
           {3, "ll.combine.send", 1},
+          {1, "ll.dispatch.recv", 2, true},
+          {2, "ll.combine.send", 1, true},
           {-1, "link cut", 0}};
 }
 
 std::string CellArg(const Cell& c) {
   return c.victim < 0 ? fmt::format("linkcut:{}", kLinkcutRounds)
-                      : fmt::format("{}:{}:{}", c.victim, c.point, c.after);
+                      : fmt::format("{}{}:{}:{}", c.mask ? "mask:" : "", c.victim, c.point, c.after);
 }
 std::string CellName(const Cell& c) {
   return c.victim < 0
              ? "link cut: host 1 takes eth0 down during rounds"
-             : fmt::format("{} after={} victim=r{} (host {})", c.point, c.after, c.victim, c.victim / 2);
+             : fmt::format("{}{} after={} victim=r{} (host {})", c.mask ? "masked: " : "", c.point, c.after,
+                           c.victim, c.victim / 2);
 }
 
 struct Line {
@@ -227,6 +237,12 @@ struct CellOut {
   std::map<int, std::string> clean;    // host -> "clean" or the LEFTOVER text
   std::map<int, std::string> verdict;  // host -> epx-run's last line ("epx-run: exit code ...")
   std::vector<std::string> notes;      // e.g. "link NOT cut"
+  // Masked cells.
+  std::map<int, std::pair<int, double>> notice;  // rank -> (rank it masked first, arrival)
+  std::map<int, std::pair<std::string, int>> masked;  // rank -> (final MaskedRanks, rounds after the death)
+  std::map<int, double> masked_t;                     // rank -> arrival of that line (it was done)
+  std::map<int, int> exit_code;                       // rank -> code (epx-run's "exited with code")
+  std::vector<std::string> bad;                       // check failures and waits that hit their deadline
 };
 
 CellOut Collect(const GuestRun& run, int n) {
@@ -235,6 +251,11 @@ CellOut Collect(const GuestRun& run, int n) {
   static const std::regex clean(R"(^rxe-fault: cell (\d+) (clean|LEFTOVER) host (\d)(.*)$)");
   static const std::regex down(R"(^rxe-fault: cell (\d+) link down host 1$)");
   static const std::regex other(R"(^rxe-fault: cell (\d+) (link NOT cut|'ip link set .* FAILED).*$)");
+  static const std::regex notice(R"(^\[r\d+\] fault-worker: rank (\d+) mask notice: masks rank (\d+) )");
+  static const std::regex masked(
+      R"(^\[r\d+\] fault-worker: rank (\d+) masked \[([\d,]*)\], (\d+) rounds checked after the death)");
+  static const std::regex exited(R"(epx-run: rank (\d+) \(pid \d+\) exited with code (\d+))");
+  static const std::regex timeout(R"(^\[r\d+\] epx\[r\d+\] \w error at \S+: timeout: )");
   CellOut o;
   int cur[2] = {0, 0};
   for (const Line& l : run.lines) {
@@ -266,7 +287,16 @@ CellOut Collect(const GuestRun& run, int n) {
       o.notes.push_back(l.text);
     } else if (l.text.starts_with("epx-run: exit code ")) {
       o.verdict[l.host] = l.text;
+    } else if (std::regex_search(l.text, m, notice)) {
+      o.notice.emplace(std::stoi(m[1]), std::pair{std::stoi(m[2]), l.t});  // keeps the first
+    } else if (std::regex_search(l.text, m, masked)) {
+      o.masked[std::stoi(m[1])] = {m[2], std::stoi(m[3])};
+      o.masked_t[std::stoi(m[1])] = l.t;
+    } else if (l.text.find("CHECK FAILED") != std::string::npos ||
+               l.text.find("check(s) failed") != std::string::npos || std::regex_search(l.text, m, timeout)) {
+      o.bad.push_back(l.text);
     }
+    if (std::regex_search(l.text, m, exited)) o.exit_code[std::stoi(m[1])] = std::stoi(m[2]);
   }
   return o;
 }
@@ -309,6 +339,54 @@ TEST(RxeFaultTwoHosts, GuestsRanEveryCell) {
   std::printf("rxe-run --two-hosts: %.1f s for %zu cells incl. boot\n", run.seconds, MakeCells().size());
 }
 
+// A masked cell's survivors (see the header). Fills the row; true if every check held.
+bool CheckMasked(const Cell& c, const CellOut& o, Row& row) {
+  bool all_ok = true;
+  EXPECT_TRUE(o.failed.empty()) << "a call failed although mask_on_failure is on: "
+                                << o.failed.begin()->second.text;
+  EXPECT_TRUE(o.bad.empty()) << ::testing::PrintToString(o.bad);
+  all_ok = o.failed.empty() && o.bad.empty();
+  for (int r = 0; r < kRanks; ++r) {
+    if (r == c.victim) {
+      row.col[r] = fmt::format("killed (h{})", r / 2);
+      continue;
+    }
+    bool ok = true;
+    auto n = o.notice.find(r);
+    if (n == o.notice.end()) {
+      ADD_FAILURE() << "rank " << r << " (host " << r / 2 << ") logged no mask notice";
+      row.col[r] = "none";
+      all_ok = false;
+      continue;
+    }
+    const double secs = n->second.second - o.t_event;
+    row.worst = std::max(row.worst, secs);
+    EXPECT_EQ(n->second.first, c.victim) << "rank " << r << " masked another rank first";
+    EXPECT_TRUE(secs >= -0.5 && secs <= kBound) << "rank " << r << " masked the victim " << secs
+                                                << " s after its death (bound " << kBound << " s)";
+    ok = n->second.first == c.victim && secs >= -0.5 && secs <= kBound;
+    auto m = o.masked.find(r);
+    const bool finished = m != o.masked.end() && m->second.first == std::to_string(c.victim) &&
+                          m->second.second == 3;
+    EXPECT_TRUE(finished) << "rank " << r << " did not finish 3 checked rounds with only the victim masked: "
+                          << (m == o.masked.end() ? "no 'masked' line"
+                                                  : fmt::format("masked [{}], {} rounds", m->second.first,
+                                                                m->second.second));
+    // epx-run names each rank's exit once a rank of its job failed (the victim's host); on the other host
+    // its own exit code 0 says that every rank exited 0.
+    auto code = o.exit_code.find(r);
+    const bool exited0 = code != o.exit_code.end()
+                             ? code->second == 0
+                             : r / 2 != c.victim / 2 && o.rc.count(r / 2) && o.rc.at(r / 2) == 0;
+    EXPECT_TRUE(exited0) << "rank " << r << " did not exit 0";
+    ok = ok && finished && exited0;
+    row.col[r] = fmt::format("{:.2f} masked{}, done {:.2f}", secs, r / 2 == c.victim / 2 ? "" : " (remote)",
+                             o.masked_t.count(r) ? o.masked_t.at(r) - o.t_event : -1.0);
+    all_ok = all_ok && ok;
+  }
+  return all_ok;
+}
+
 class RxeFaultCell : public ::testing::TestWithParam<int> {};
 
 TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
@@ -335,14 +413,16 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
     EXPECT_EQ(o.victim_pid, o.pid.at(c.victim));
   }
 
-  // The launchers: the victim's one exits 137 naming it; the other host's (and both, for the cut) non-zero.
+  // The launchers: the victim's one exits 137 naming it; the other host's (and both, for the cut) non-zero,
+  // or 0 in a masked cell (its ranks went on without the victim).
   bool launchers_ok = true;
   for (int h = 0; h < 2; ++h) {
     auto it = o.rc.find(h);
     const bool victims = !cut && h == c.victim / 2;
-    const bool ok = it != o.rc.end() && (victims ? it->second == 137 : it->second != 0);
+    const bool ok =
+        it != o.rc.end() && (victims ? it->second == 137 : c.mask ? it->second == 0 : it->second != 0);
     EXPECT_TRUE(ok) << "host " << h << "'s epx-run exited " << (it == o.rc.end() ? -1 : it->second)
-                    << (victims ? ", expected 137" : ", expected non-zero");
+                    << (victims ? ", expected 137" : c.mask ? ", expected 0" : ", expected non-zero");
     if (victims) {
       const std::string want =
           fmt::format("epx-run: exit code 137: rank {} (pid {}) killed by SIGKILL", c.victim, o.victim_pid);
@@ -354,6 +434,16 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
     }
     launchers_ok = launchers_ok && ok;
     EXPECT_EQ(o.clean.count(h) ? o.clean.at(h) : "no clean/LEFTOVER line", "clean") << "host " << h;
+  }
+
+  const bool clean =
+      o.clean.count(0) && o.clean.at(0) == "clean" && o.clean.count(1) && o.clean.at(1) == "clean";
+  if (c.mask) {
+    const bool ranks_ok = CheckMasked(c, o, row);
+    row.verdict = ranks_ok && launchers_ok && clean && o.notes.empty() ? "ok" : "FAIL";
+    std::printf("cell %d, %s: every survivor masked the victim %.2f s max after the death\n", n,
+                row.cell.c_str(), row.worst);
+    return;
   }
 
   // Every rank that was not killed: a peer failure naming the right rank, in time.
@@ -424,8 +514,6 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
     EXPECT_TRUE(during_rounds) << "rank " << r << " did not fail in a round: " << text;
     ranks_ok = ranks_ok && peer_failure && right && secs >= -0.5 && secs <= kBound && during_rounds;
   }
-  const bool clean =
-      o.clean.count(0) && o.clean.at(0) == "clean" && o.clean.count(1) && o.clean.at(1) == "clean";
   row.verdict = ranks_ok && launchers_ok && clean && o.notes.empty() ? "ok" : "FAIL";
   std::printf("cell %d, %s: every rank failed %.2f s max after the %s\n", n, row.cell.c_str(), row.worst,
               cut ? "cut" : "death");
@@ -434,9 +522,9 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
 INSTANTIATE_TEST_SUITE_P(Cells, RxeFaultCell, ::testing::Range(0, static_cast<int>(MakeCells().size())),
                          [](const auto& info) {
                            const Cell c = MakeCells()[static_cast<size_t>(info.param)];
-                           return c.victim < 0
-                                      ? "link_cut"
-                                      : GtestName(fmt::format("{}_r{}_after{}", c.point, c.victim, c.after));
+                           return c.victim < 0 ? "link_cut"
+                                               : GtestName(fmt::format("{}{}_r{}_after{}", c.mask ? "masked_" : "",
+                                                                       c.point, c.victim, c.after));
                          });
 
 void PrintTable() {
@@ -447,7 +535,8 @@ void PrintTable() {
       "SIGKILL (link cut: host 1's `ip link set eth0 down`) to each rank's error, and what it named: died = "
       "the process scan (\"rank V (pid P, node n) died\"), probe = a failed verbs liveness probe (\"rank V "
       "is unreachable\"), QP = a failed work request to or from it, TIMEOUT = the wait ran into its "
-      "deadline; \"probe r0\": it named rank 0, not the victim: \"(cascade)\" when rank 0 had failed before "
+      "deadline; masked cells: seconds to each survivor's mask notice, then until it had checked 3 more rounds "
+      "(remote = on the other host than the victim); \"probe r0\": it named rank 0, not the victim: \"(cascade)\" when rank 0 had failed before "
       "(a survivor exits once it failed; accepted on the other host only), \"(wrong)\" otherwise. epx-run: "
       "exit codes host 0 / host 1.\n\n",
       kTimeoutS, kBound);
