@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <string>
 
+#include "bench/bench_stats.h"
 #include "bench/mpi_compare.h"
 
 namespace epx::bench {
@@ -12,14 +13,13 @@ void AddMpiJson(const MpiRun& m, double d_bytes, double c_bytes, nlohmann::json*
     o["mpi"] = "not run: " + m.why_not;
     return;
   }
-  auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
   o["mpi"] = "Open MPI MPI_Alltoall + MPI_Alltoallv (bench/mpi)";
   o["mpi_dispatch_us_p50"] = m.dispatch.median_us;
   o["mpi_dispatch_us_p99"] = m.dispatch.p99_us;
   o["mpi_combine_us_p50"] = m.combine.median_us;
   o["mpi_combine_us_p99"] = m.combine.p99_us;
-  o["mpi_dispatch_GBps"] = gbps(d_bytes, m.dispatch.median_us);
-  o["mpi_combine_GBps"] = gbps(c_bytes, m.combine.median_us);
+  o["mpi_dispatch_GBps"] = Gbps(d_bytes, m.dispatch.median_us);
+  o["mpi_combine_GBps"] = Gbps(c_bytes, m.combine.median_us);
   const double ed = o["dispatch_us_p50"].get<double>(), ec = o["combine_us_p50"].get<double>();
   o["dispatch_vs_mpi"] = ed > 0 ? m.dispatch.median_us / ed : 0.0;
   o["combine_vs_mpi"] = ec > 0 ? m.combine.median_us / ec : 0.0;

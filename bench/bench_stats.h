@@ -21,4 +21,9 @@ double NowUs();
 // CPU time of this process (all its threads) in microseconds.
 double CpuUs();
 
+// Bandwidth in GB/s of `bytes` moved in `us` microseconds (0 when nothing was timed).
+inline double Gbps(double bytes, double us) {
+  return us > 0 ? bytes / (us * 1e3) : 0.0;
+}
+
 }  // namespace epx::bench

@@ -28,7 +28,8 @@ std::unique_ptr<Command> MakeNormalCommand();      // normal dispatch/combine (t
 std::unique_ptr<Command> MakeLowLatencyCommand();  // low-latency (decode) dispatch/combine
 
 // What the dispatch/combine tables (normal, low-latency) share: the problem shape, the loop, the check
-// and the outputs. The commands' option structs derive from it and set their own defaults.
+// and the outputs. The commands' option structs derive from it and set their own defaults. The measured
+// part they share (problem, timed loop, gathered figures, JSON) is in bench/exchange_run.h.
 struct ExchangeFlags {
   int tokens = 0;
   int hidden = 7168;

@@ -33,7 +33,7 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
   CopyLimitResult r;
   for (const Mine& m : all) r.bytes_per_rank += m.bytes / static_cast<double>(all.size());
   r.step = Summarize(step);
-  r.gbps = r.step.median_us > 0 ? r.bytes_per_rank / (r.step.median_us * 1e3) : 0;
+  r.gbps = Gbps(r.bytes_per_rank, r.step.median_us);
   return r;
 }
 

@@ -104,21 +104,18 @@ StatusOr<MpiRun> MpiRunNormal(Context& ctx, const MpiNormalCase& c, int iters, i
   MpiRun r;
   if (!MpiUsable(&r.why_not)) return r;
   EPX_ASSIGN_OR_RETURN(auto ws, MpiWorkspace::Create(MPI_COMM_WORLD));
-  MpiNormalInput in;
-  in.num_tokens = c.num_tokens;
-  in.hidden = c.hidden;
-  in.dtype = c.dtype;
-  in.x = c.x;
-  in.x_scales = c.x_scales;
-  in.num_experts = c.num_experts;
-  in.topk = c.topk;
-  in.topk_idx = c.topk_idx;
-  in.topk_weights = c.topk_weights;
-  MpiNormalCombineInput cin;
-  cin.hidden = c.hidden;
-  cin.y = c.y;
-  cin.topk = c.topk;
-  cin.topk_weights = c.recv_weights;
+  const DispatchInput& e = *c.in;
+  const MpiNormalInput in{.num_tokens = e.num_tokens,
+                          .hidden = e.hidden,
+                          .dtype = e.dtype,
+                          .x = e.x,
+                          .x_scales = e.x_scales,
+                          .num_experts = e.num_experts,
+                          .topk = e.topk,
+                          .topk_idx = e.topk_idx,
+                          .topk_weights = e.topk_weights};
+  const MpiNormalCombineInput cin{
+      .hidden = e.hidden, .y = c.y, .topk = e.topk, .topk_weights = c.recv_weights};
   RefDispatch out;
   RefCombine back;
   return Time(

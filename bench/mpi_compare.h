@@ -13,6 +13,7 @@
 #include "bench/bench_stats.h"
 #include "core/status.h"
 #include "kernels/ll_reference.h"
+#include "kernels/normal.h"
 #include "kernels/reference.h"
 #include "transport/context.h"
 
@@ -30,17 +31,13 @@ struct MpiRun {
 bool MpiUsable(std::string* why_not);
 void MpiFinalize();
 
-// Normal mode: this rank's inputs (the same spans as the epx DispatchInput) and the expert outputs y
-// [M, H] in the reference's row order. `expected` (or null) is compared every iteration.
+// Normal mode: this rank's epx inputs (the baseline dispatches the same spans, with the same shape and
+// top-k) and the expert outputs y [M, H] in the reference's row order. `expected` (or null) is compared
+// every iteration.
 struct MpiNormalCase {
-  int num_tokens = 0, hidden = 0, topk = 0, num_experts = 0;
-  TokenDtype dtype = TokenDtype::kBf16;
-  std::span<const uint8_t> x;
-  std::span<const float> x_scales;
-  std::span<const int64_t> topk_idx;
-  std::span<const float> topk_weights;
-  std::span<const bf16> y;                // [M, H]
-  std::span<const float> recv_weights;    // [M, K]
+  const DispatchInput* in = nullptr;
+  std::span<const bf16> y;              // [M, H]
+  std::span<const float> recv_weights;  // [M, K]
   const RefDispatch* expected_dispatch = nullptr;
   const RefCombine* expected_combine = nullptr;  // one-node order (null: not checked)
 };

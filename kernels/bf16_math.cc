@@ -23,34 +23,22 @@ inline float FromBf16Bits(uint16_t b) {
   return f;
 }
 
-// The one body, inlined into a wrapper per instruction set (a generic function may be inlined into
-// one with more ISA extensions, and is then vectorised for them).
-__attribute__((always_inline)) inline void SumBody(bf16* out, float* acc, const bf16* const* rows,
-                                                   int num_rows, int n) {
-  auto* __restrict o = reinterpret_cast<uint16_t*>(out);
-  float* __restrict a = acc;
-  if (num_rows == 0) {
-    std::memset(o, 0, 2 * static_cast<size_t>(n));
-    return;
-  }
-  const auto* __restrict first = reinterpret_cast<const uint16_t*>(rows[0]);
-  if (num_rows == 1) {
-    for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(0.0f + FromBf16Bits(first[j]));
-    return;
-  }
-  for (int j = 0; j < n; ++j) a[j] = 0.0f + FromBf16Bits(first[j]);
-  for (int r = 1; r + 1 < num_rows; ++r) {
-    const auto* __restrict y = reinterpret_cast<const uint16_t*>(rows[r]);
-    for (int j = 0; j < n; ++j) a[j] += FromBf16Bits(y[j]);
-  }
-  const auto* __restrict last = reinterpret_cast<const uint16_t*>(rows[num_rows - 1]);
-  for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j] + FromBf16Bits(last[j]));
+// One term of the sum: y, or w * y rounded to FP32 first (-ffp-contract=off keeps the compiler from fusing
+// it into the add, also where the ISA has FMA).
+template <bool kWeighted>
+__attribute__((always_inline)) inline float TermOf(float w, uint16_t y) {
+  if constexpr (kWeighted)
+    return w * FromBf16Bits(y);
+  else
+    return FromBf16Bits(y);
 }
 
-// The weighted variant: the same shape, each term w * y rounded to FP32 first (-ffp-contract=off keeps
-// the compiler from fusing it into the add, also where the ISA has FMA).
-__attribute__((always_inline)) inline void WeightedBody(bf16* out, float* acc, const bf16* const* rows,
-                                                        const float* w, int num_rows, int n) {
+// The one body of both sums, inlined into a wrapper per instruction set (a generic function may be inlined
+// into one with more ISA extensions, and is then vectorised for them). kWeighted is a compile-time choice:
+// each instantiation is the plain loop of its own sum, with no weight code in the unweighted one.
+template <bool kWeighted>
+__attribute__((always_inline)) inline void SumBody(bf16* out, float* acc, const bf16* const* rows,
+                                                   const float* w, int num_rows, int n) {
   auto* __restrict o = reinterpret_cast<uint16_t*>(out);
   float* __restrict a = acc;
   if (num_rows == 0) {
@@ -58,24 +46,24 @@ __attribute__((always_inline)) inline void WeightedBody(bf16* out, float* acc, c
     return;
   }
   const auto* __restrict first = reinterpret_cast<const uint16_t*>(rows[0]);
-  const float w0 = w[0];
+  const float w0 = kWeighted ? w[0] : 0.0f;
   if (num_rows == 1) {
-    for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(0.0f + w0 * FromBf16Bits(first[j]));
+    for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(0.0f + TermOf<kWeighted>(w0, first[j]));
     return;
   }
-  for (int j = 0; j < n; ++j) a[j] = 0.0f + w0 * FromBf16Bits(first[j]);
+  for (int j = 0; j < n; ++j) a[j] = 0.0f + TermOf<kWeighted>(w0, first[j]);
   for (int r = 1; r + 1 < num_rows; ++r) {
     const auto* __restrict y = reinterpret_cast<const uint16_t*>(rows[r]);
-    const float wr = w[r];
-    for (int j = 0; j < n; ++j) a[j] += wr * FromBf16Bits(y[j]);
+    const float wr = kWeighted ? w[r] : 0.0f;
+    for (int j = 0; j < n; ++j) a[j] += TermOf<kWeighted>(wr, y[j]);
   }
   const auto* __restrict last = reinterpret_cast<const uint16_t*>(rows[num_rows - 1]);
-  const float wl = w[num_rows - 1];
-  for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j] + wl * FromBf16Bits(last[j]));
+  const float wl = kWeighted ? w[num_rows - 1] : 0.0f;
+  for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j] + TermOf<kWeighted>(wl, last[j]));
 }
 
 #if defined(__x86_64__)
-// AVX-512: column strips instead of row passes. The generic bodies above stream each row through acc
+// AVX-512: column strips instead of row passes. The generic body above streams each row through acc
 // (load, add, store per element and row); here a strip of 64 columns stays in four registers while
 // every row adds into it, and only the final BF16 leaves the core: per 16 elements and row one
 // load-convert, one shift, (one multiply,) one add. Each element still sees exactly the generic
@@ -104,7 +92,7 @@ EPX_AVX512_INLINE __m512 Term(__m512 y, __m512 w) {
     return y;
 }
 
-// out = bf16(0 + t0 + t1 + ... ) over num_rows >= 1 rows (t_r = rows[r], or fp32(w[r] * rows[r])).
+// w[r] on 16 lanes (unused zeros for the plain sum).
 template <bool kWeighted>
 EPX_AVX512_INLINE __m512 Weight(const float* w, int r) {
   if constexpr (kWeighted)
@@ -113,11 +101,15 @@ EPX_AVX512_INLINE __m512 Weight(const float* w, int r) {
     return _mm512_setzero_ps();
 }
 
-// out = bf16(0 + t0 + t1 + ... ) over num_rows >= 1 rows (t_r = rows[r], or fp32(w[r] * rows[r])).
+// out = bf16(0 + t0 + t1 + ... ) (t_r = rows[r], or fp32(w[r] * rows[r])); no rows give +0.
 // (No lambdas: they would not inherit the target attribute.)
 template <bool kWeighted>
 EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const float* w, int num_rows, int n) {
   auto* o = reinterpret_cast<uint16_t*>(out);
+  if (num_rows == 0) {
+    std::memset(o, 0, 2 * static_cast<size_t>(n));
+    return;
+  }
   const auto* r0 = reinterpret_cast<const uint16_t*>(rows[0]);
   const __m512 w0 = Weight<kWeighted>(w, 0);
   int j = 0;
@@ -147,34 +139,26 @@ EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const fl
 EPX_AVX512_END
 
 void WeightedAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, const float* w, int num_rows, int n) {
-  if (num_rows == 0) {
-    std::memset(out, 0, 2 * static_cast<size_t>(n));
-    return;
-  }
   StripsAvx512<true>(out, rows, w, num_rows, n);
 }
 void SumAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, int num_rows, int n) {
-  if (num_rows == 0) {
-    std::memset(out, 0, 2 * static_cast<size_t>(n));
-    return;
-  }
   StripsAvx512<false>(out, rows, nullptr, num_rows, n);
 }
 #endif
 __attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows,
                                                   const float* w, int num_rows, int n) {
-  WeightedBody(out, acc, rows, w, num_rows, n);
+  SumBody<true>(out, acc, rows, w, num_rows, n);
 }
 void WeightedBaseline(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n) {
-  WeightedBody(out, acc, rows, w, num_rows, n);
+  SumBody<true>(out, acc, rows, w, num_rows, n);
 }
 
 __attribute__((target("avx2"))) void SumAvx2(bf16* out, float* acc, const bf16* const* rows, int num_rows,
                                              int n) {
-  SumBody(out, acc, rows, num_rows, n);
+  SumBody<false>(out, acc, rows, nullptr, num_rows, n);
 }
 void SumBaseline(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
-  SumBody(out, acc, rows, num_rows, n);
+  SumBody<false>(out, acc, rows, nullptr, num_rows, n);
 }
 
 using SumFn = void (*)(bf16*, float*, const bf16* const*, int, int);

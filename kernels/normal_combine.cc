@@ -41,19 +41,10 @@
 namespace epx {
 namespace {
 
-class CombineChannel {
+class CombineChannel : ChannelTask<CombineJob> {
  public:
   CombineChannel(NormalState& st, CombineJob& job, int c)
-      : st_(st),
-        job_(job),
-        h_(*job.handle),
-        P_(st.plan),
-        c_(c),
-        rings_(st.channels[c]),
-        L_(P_.L),
-        NN_(P_.NN),
-        H_(job.in->hidden),
-        K_(job.msg.topk) {}
+      : ChannelTask(st, job, c), H_(job.in->hidden), K_(job.msg.topk) {}
 
   Status Run();
 
@@ -70,13 +61,7 @@ class CombineChannel {
   Status ReleaseAndPublish();
   std::string Diagnose() const;
 
-  NormalState& st_;
-  CombineJob& job_;
-  const NormalHandle& h_;
-  const NormalPlan& P_;
-  const int c_;
-  ChannelRings& rings_;
-  const int L_, NN_, H_, K_;
+  const int H_, K_;
   // Rows a peer's CombineInputBuffer holds at this call's H (bounds a zero-copy row index).
   const size_t zc_rows_ = P_.ZcYBytes() / (2 * static_cast<size_t>(H_));
   int t0_ = 0, t1_ = 0, token_ = 0;  // own tokens of the channel; next to reduce
@@ -84,7 +69,6 @@ class CombineChannel {
   int fwd_[kMaxNodes] = {}, fwd_end_[kMaxNodes] = {};  // positions in the handle's masks, per source node
   int self_row_[kMaxNodes] = {}, self_end_[kMaxNodes] = {};  // rows of source (a, our index), read in place
   float wacc_[1024] = {}, wpart_[1024] = {};
-  uint32_t idle_passes_ = 0;
   const bf16* terms_[2 + kMaxLocalRanks + kMaxNodes] = {};  // rows of one sum, in summation order
 };
 
@@ -302,7 +286,7 @@ Status CombineChannel::Run() {
     fwd_end_[a] = fp[a + 1];
   }
   EPX_RETURN_IF_ERROR(RunProgressLoop(
-      st_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); }));
+      st_, c_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); }));
   for (int a = 0; a < NN_; ++a)  // the masks and the row counts of the handle must agree
     EPX_CHECK_OR_RETURN(self_row_[a] == self_end_[a], "rank {} channel {} read {} of its rows of node {}",
                         st_.rank, c_, self_row_[a], a);
@@ -324,8 +308,6 @@ StatusOr<bool> CombineChannel::Pass(bool* progressed) {
   EPX_RETURN_IF_ERROR(Reduce(progressed));
   done &= token_ == t1_;
   EPX_RETURN_IF_ERROR(ReleaseAndPublish());
-  // Idle: ask the NIC about our posted work now and then, so a broken QP is named at once (rdma.h Poll).
-  if (st_.rdma && !*progressed && (++idle_passes_ & 63) == 0) EPX_RETURN_IF_ERROR(st_.rdma->Poll(c_));
   return done;
 }
 

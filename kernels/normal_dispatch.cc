@@ -29,17 +29,9 @@
 namespace epx {
 namespace {
 
-class DispatchChannel {
+class DispatchChannel : ChannelTask<DispatchJob> {
  public:
-  DispatchChannel(NormalState& st, DispatchJob& job, int c)
-      : st_(st),
-        job_(job),
-        h_(*job.handle),
-        P_(st.plan),
-        c_(c),
-        rings_(st.channels[c]),
-        L_(P_.L),
-        NN_(P_.NN) {}
+  DispatchChannel(NormalState& st, DispatchJob& job, int c) : ChannelTask(st, job, c) {}
 
   Status Run();
 
@@ -57,13 +49,6 @@ class DispatchChannel {
   StatusOr<const uint8_t*> PayloadOf(const uint8_t* m, int src, int token) const;
   std::string Diagnose() const;
 
-  NormalState& st_;
-  DispatchJob& job_;
-  const NormalHandle& h_;
-  const NormalPlan& P_;
-  const int c_;
-  ChannelRings& rings_;
-  const int L_, NN_;
   int t0_ = 0, t1_ = 0;  // this channel's tokens
   // Send streams: cursor per destination local rank (own node) and per remote node; ordinals of the
   // next token for each destination rank.
@@ -72,7 +57,6 @@ class DispatchChannel {
   int32_t next_ordinal_[kMaxNodes * kMaxLocalRanks] = {};
   int forwarded_[kMaxNodes] = {}, to_forward_[kMaxNodes] = {};
   int received_[kMaxLocalRanks] = {}, to_receive_[kMaxLocalRanks] = {};
-  uint32_t idle_passes_ = 0;
 };
 
 void DispatchChannel::WriteMessage(uint8_t* m, int t, uint32_t mask) const {
@@ -317,7 +301,7 @@ Status DispatchChannel::Run() {
     to_forward_[n] = fp[n + 1] - fp[n];
   }
   return RunProgressLoop(
-      st_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); });
+      st_, c_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); });
 }
 
 StatusOr<bool> DispatchChannel::Pass(bool* progressed) {
@@ -345,8 +329,6 @@ StatusOr<bool> DispatchChannel::Pass(bool* progressed) {
     done &= received_[g] == to_receive_[g];
   }
   EPX_RETURN_IF_ERROR(PublishAll());
-  // Idle: ask the NIC about our posted work now and then, so a broken QP is named at once (rdma.h Poll).
-  if (st_.rdma && !*progressed && (++idle_passes_ & 63) == 0) EPX_RETURN_IF_ERROR(st_.rdma->Poll(c_));
   return done;
 }
 

@@ -164,16 +164,20 @@ class ProgressWatch {
   WaitHealth* dead_ = nullptr;  // the health that saw a death (fail after one more idle pass)
 };
 
-// Drives a channel thread: repeats `pass(&progressed)` (a StatusOr<bool>: all roles done) until it
+// Drives the thread of channel c: repeats `pass(&progressed)` (a StatusOr<bool>: all roles done) until it
 // returns true, backing off after passes that moved nothing. Every pass is non-blocking, so a thread
 // never waits on one ring while another of its rings could move.
 template <typename Pass, typename Diag>
-Status RunProgressLoop(const NormalState& st, const std::atomic<bool>& abort, Pass&& pass, Diag&& diag) {
+Status RunProgressLoop(const NormalState& st, int c, const std::atomic<bool>& abort, Pass&& pass,
+                       Diag&& diag) {
   ProgressWatch watch(st.timeout_ms, st.idle, &abort, &st.ctx.liveness(),
                       st.rdma ? &st.rdma->health() : nullptr);
+  uint32_t idle_passes = 0;  // of the whole call (never reset): the Poll below is every 64th of them
   for (;;) {
     bool progressed = false;
     EPX_ASSIGN_OR_RETURN(bool done, pass(&progressed));
+    // Idle: ask the NIC about our posted work now and then, so a broken QP is named at once (rdma.h Poll).
+    if (st.rdma && !progressed && (++idle_passes & 63) == 0) EPX_RETURN_IF_ERROR(st.rdma->Poll(c));
     if (done) return Status::Ok();
     EPX_RETURN_IF_ERROR(watch.AfterPass(progressed, diag));
   }
@@ -195,6 +199,31 @@ struct CombineJob {
   const NormalHandle* handle = nullptr;
   CombineMsgLayout msg;
   std::atomic<bool> abort{false};
+};
+
+// What the progress loop of one channel thread holds for one call (DispatchJob or CombineJob): the
+// buffer's state, the job and its handle, the plan and the channel's rings (normal_dispatch.cc and
+// normal_combine.cc derive their loops from it).
+template <typename Job>
+class ChannelTask {
+ protected:
+  ChannelTask(NormalState& st, Job& job, int c)
+      : st_(st),
+        job_(job),
+        h_(*job.handle),
+        P_(st.plan),
+        c_(c),
+        rings_(st.channels[c]),
+        L_(P_.L),
+        NN_(P_.NN) {}
+
+  NormalState& st_;
+  Job& job_;
+  const NormalHandle& h_;
+  const NormalPlan& P_;
+  const int c_;
+  ChannelRings& rings_;
+  const int L_, NN_;
 };
 
 // Channel progress loops (normal_dispatch.cc, normal_combine.cc).

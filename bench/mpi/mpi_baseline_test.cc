@@ -12,8 +12,10 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "bench/bench_problem.h"
 #include "kernels/fp8.h"
 #include "kernels/problem_gen.h"
 #include "kernels/reference.h"
@@ -46,6 +48,24 @@ std::string Diff(const std::vector<T>& got, const std::vector<T>& want) {
     if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0)
       return "first difference at element " + std::to_string(i);
   return "";
+}
+
+// What the problems of both modes share: R ranks on one logical node (the baseline's combine order,
+// mpi_baseline.h), c.experts_per_rank experts on each, rank 1 without tokens when c.zero_rank, else
+// tokens(r) on rank r.
+template <typename Case, typename Tokens>
+ProblemSpec CaseSpec(const Case& c, Tokens&& tokens) {
+  const int R = Size();
+  std::vector<int> num_tokens;
+  for (int r = 0; r < R; ++r) num_tokens.push_back(c.zero_rank && r == 1 ? 0 : tokens(r));
+  return {.num_ranks = R,
+          .local_size = R,
+          .num_experts = c.experts_per_rank * R,
+          .hidden = c.hidden,
+          .topk = c.topk,
+          .num_tokens = std::move(num_tokens),
+          .seed = c.seed,
+          .p_none = c.p_none};
 }
 
 // ---- Normal mode ---------------------------------------------------------------------------------------
@@ -93,35 +113,19 @@ void YRow(const NormalCase& c, int r, int row, bf16* out) {
 void RunNormal(const NormalCase& c) {
   SCOPED_TRACE(Name(c));
   const int R = Size(), me = Rank(), H = c.hidden, K = c.topk;
-  ProblemSpec spec;
-  spec.num_ranks = R;
-  spec.local_size = R;  // one logical node: the baseline's combine order (mpi_baseline.h)
-  spec.num_experts = c.experts_per_rank * R;
-  spec.hidden = H;
-  spec.topk = K;
+  ProblemSpec spec = CaseSpec(c, [](int r) { return 40 + 17 * r; });
   spec.dtype = c.dtype;
-  spec.seed = c.seed;
-  spec.p_none = c.p_none;
   spec.hot_expert = c.hot_expert;
   spec.with_weights = c.with_weights;
-  for (int r = 0; r < R; ++r) spec.num_tokens.push_back(c.zero_rank && r == 1 ? 0 : 40 + 17 * r);
   GeneratedProblem gen(spec, me);
   const RefProblem& p = gen.problem();
   auto route = ReferenceRouting(p);
   ASSERT_TRUE(route.ok()) << route.status().ToString();
 
   // Dispatch.
-  MpiNormalInput in;
-  in.num_tokens = p.num_tokens[me];
-  in.hidden = H;
-  in.dtype = c.dtype;
-  in.x = gen.x(me);
-  in.x_scales = gen.scales(me);
-  in.num_experts = p.num_experts;
-  in.topk = K;
-  in.topk_idx = p.topk_idx[me];
+  MpiNormalInput in = NormalInputOf<MpiNormalInput>(gen, me);
   in.with_weights = c.with_weights;
-  if (c.with_weights) in.topk_weights = p.topk_weights[me];
+  if (!c.with_weights) in.topk_weights = {};
   in.expert_alignment = c.alignment;
   // Output objects live across cases (of other shapes too): reused memory must not leak old values.
   static RefDispatch got;
@@ -188,55 +192,30 @@ TEST(MpiNormal, Bf16) {
 }
 
 TEST(MpiNormal, Fp8) {
-  NormalCase c;
-  c.dtype = TokenDtype::kFp8;
-  c.seed = 2;
-  RunNormal(c);
+  RunNormal({.dtype = TokenDtype::kFp8, .seed = 2});
 }
 
 TEST(MpiNormal, Fp8WideRowsAllRanksHaveTokens) {
-  NormalCase c;
-  c.dtype = TokenDtype::kFp8;
-  c.hidden = 1024;
-  c.topk = 8;
-  c.zero_rank = false;
-  c.p_none = 0.1;
-  c.seed = 3;
-  RunNormal(c);
+  RunNormal(
+      {.hidden = 1024, .topk = 8, .dtype = TokenDtype::kFp8, .p_none = 0.1, .zero_rank = false, .seed = 3});
 }
 
 TEST(MpiNormal, NoWeightsHotExpertAlignment) {
-  NormalCase c;
-  c.with_weights = false;
-  c.hot_expert = 1;
-  c.alignment = 4;
-  c.seed = 4;
-  RunNormal(c);
+  RunNormal({.with_weights = false, .hot_expert = 1, .alignment = 4, .seed = 4});
 }
 
 TEST(MpiNormal, BiasAndNegativeZeros) {
-  NormalCase c;
-  c.bias = true;
-  c.negative_zeros = true;
-  c.p_none = 0.4;  // many tokens go nowhere: their combine output is bias only (or +0)
-  c.seed = 5;
-  RunNormal(c);
+  // Many tokens go nowhere (p_none): their combine output is bias only (or +0).
+  RunNormal({.p_none = 0.4, .bias = true, .negative_zeros = true, .seed = 5});
 }
 
 TEST(MpiNormal, TopkOneManyExperts) {
-  NormalCase c;
-  c.topk = 1;
-  c.experts_per_rank = 8;
-  c.hidden = 7;
-  c.seed = 6;
-  RunNormal(c);
+  RunNormal({.hidden = 7, .topk = 1, .experts_per_rank = 8, .seed = 6});
 }
 
 // After a warm-up call, calls of the same shape grow nothing in the workspace.
 TEST(MpiNormal, WorkspaceStopsGrowing) {
-  NormalCase c;
-  c.hidden = 2048;
-  c.seed = 7;
+  const NormalCase c{.hidden = 2048, .seed = 7};
   RunNormal(c);
   const size_t bytes = g_ws->bytes();
   for (int i = 0; i < 3; ++i) RunNormal(c);
@@ -297,39 +276,19 @@ struct LlProblem {
 
 LlProblem MakeLl(const LlCase& c) {
   const int R = Size();
-  ProblemSpec spec;
-  spec.num_ranks = R;
-  spec.local_size = R;
-  spec.num_experts = c.experts_per_rank * R;
-  spec.hidden = c.hidden;
-  spec.topk = c.topk;
-  spec.seed = c.seed;
-  spec.p_none = c.p_none;
-  for (int r = 0; r < R; ++r)
-    spec.num_tokens.push_back(c.zero_rank && r == 1
-                                  ? 0
-                                  : c.max_tokens / 2 +
-                                        static_cast<int>(Mix(c.seed * 31 + r) % (c.max_tokens / 2 + 1)));
+  const ProblemSpec spec = CaseSpec(c, [&](int r) {
+    return c.max_tokens / 2 + static_cast<int>(Mix(c.seed * 31 + r) % (c.max_tokens / 2 + 1));
+  });
   LlProblem pr;
   pr.gen = std::make_unique<GeneratedProblem>(spec, -1);
-  const RefProblem& g = pr.gen->problem();
+  pr.p = LlProblemOf(pr.gen->problem(), c.max_tokens);
   LlRefProblem& p = pr.p;
-  p.num_ranks = R;
-  p.num_experts = spec.num_experts;
-  p.hidden = c.hidden;
-  p.topk = c.topk;
-  p.max_tokens = c.max_tokens;
-  p.num_tokens = g.num_tokens;
-  p.topk_idx = g.topk_idx;
-  p.topk_weights = g.topk_weights;
   if (c.exact_weights)
     for (int r = 0; r < R; ++r)
       for (size_t i = 0; i < p.topk_weights[r].size(); ++i) {
         const uint64_t h = Mix(c.seed * 1000003 + static_cast<uint64_t>(r) * 65537 + i);
         p.topk_weights[r][i] = std::ldexp(h & 4 ? -1.0f : 1.0f, static_cast<int>(h % 3) - 1);
       }
-  GeneratedProblem* gen = pr.gen.get();
-  p.x_row = [gen](int r, int t) { return static_cast<const bf16*>(gen->problem().x_row(r, t)); };
   return pr;
 }
 
@@ -413,43 +372,31 @@ TEST(MpiLl, Bf16) {
 }
 
 TEST(MpiLl, Fp8) {
-  LlCase c;
-  c.opt.use_fp8 = true;
   // GeneratedProblem's weights in [0, 1) and plain rows: inexact products, so rounding the product before
   // the add (no FMA) matters.
-  c.exact_weights = false;
-  c.order_sensitive = false;
-  c.hidden = 2048;
-  c.topk = 8;
-  c.seed = 12;
-  RunLl(c);
+  RunLl({.hidden = 2048,
+         .topk = 8,
+         .opt = {.use_fp8 = true, .fp8 = {}},
+         .exact_weights = false,
+         .order_sensitive = false,
+         .seed = 12});
 }
 
 TEST(MpiLl, Fp8RoundScale) {
-  LlCase c;
-  c.opt = {.use_fp8 = true, .fp8 = {.round_scale = true}};
-  c.seed = 13;
-  RunLl(c);
+  RunLl({.opt = {.use_fp8 = true, .fp8 = {.round_scale = true}}, .seed = 13});
 }
 
 TEST(MpiLl, Fp8Ue8m0WideRows) {
-  LlCase c;
-  c.opt = {.use_fp8 = true, .fp8 = {.round_scale = true, .ue8m0 = true}};
-  c.hidden = 1024;
-  c.topk = 8;
-  c.zero_rank = false;
-  c.seed = 14;
-  RunLl(c);
+  RunLl({.hidden = 1024,
+         .topk = 8,
+         .zero_rank = false,
+         .opt = {.use_fp8 = true, .fp8 = {.round_scale = true, .ue8m0 = true}},
+         .seed = 14});
 }
 
 TEST(MpiLl, ManyEmptyTokensSmallRows) {
-  LlCase c;
-  c.p_none = 0.7;  // many tokens select no expert at all: their combine output is +0
-  c.hidden = 5;
-  c.max_tokens = 40;
-  c.opt.use_fp8 = true;
-  c.seed = 15;
-  RunLl(c);
+  // Many tokens select no expert at all (p_none): their combine output is +0.
+  RunLl({.hidden = 5, .max_tokens = 40, .p_none = 0.7, .opt = {.use_fp8 = true, .fp8 = {}}, .seed = 15});
 }
 
 TEST(MpiLl, InvalidInputOnOneRankFailsEverywhere) {
@@ -475,10 +422,7 @@ TEST(MpiLl, InvalidInputOnOneRankFailsEverywhere) {
 TEST(MpiBoth, InterleavedModes) {
   for (int i = 0; i < 2; ++i) {
     RunLl({.seed = 20u + i});
-    NormalCase c;
-    c.seed = 30 + i;
-    c.dtype = i ? TokenDtype::kFp8 : TokenDtype::kBf16;
-    RunNormal(c);
+    RunNormal({.dtype = i ? TokenDtype::kFp8 : TokenDtype::kBf16, .seed = 30u + i});
   }
 }
 

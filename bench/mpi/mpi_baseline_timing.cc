@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_problem.h"
 #include "bench/bench_stats.h"
 #include "bench/mpi/mpi_baseline.h"
 #include "kernels/fp8.h"
@@ -64,61 +65,66 @@ int64_t SumOverRanks(int64_t v) {
 void Print(const char* what, const Times& t, double d_bytes, double c_bytes, int rank) {
   const auto sd = bench::Summarize(Slowest(t.dispatch)), sc = bench::Summarize(Slowest(t.combine));
   if (rank != 0) return;
-  auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
   std::printf("%-22s %12.1f %12.1f %10.2f\n", (std::string(what) + " dispatch").c_str(), sd.median_us,
-              sd.p99_us, gbps(d_bytes, sd.median_us));
+              sd.p99_us, bench::Gbps(d_bytes, sd.median_us));
   std::printf("%-22s %12.1f %12.1f %10.2f\n", (std::string(what) + " combine").c_str(), sc.median_us,
-              sc.p99_us, gbps(c_bytes, sc.median_us));
+              sc.p99_us, bench::Gbps(c_bytes, sc.median_us));
+}
+
+// The timed loop of both modes: --warmup + `iters` dispatch/combine pairs, each call after an MPI_Barrier;
+// prepare() runs once, untimed, after the first dispatch (the expert outputs need its row counts). A call
+// that fails is printed ("<what>dispatch: ...") and ends the loop with 1.
+template <typename Dispatch, typename Prepare, typename Combine>
+int TimeCalls(int warmup, int iters, const char* what, Dispatch&& dispatch, Prepare&& prepare,
+              Combine&& combine, Times* t) {
+  for (int i = 0; i < warmup + iters; ++i) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = bench::NowUs();
+    Status st = dispatch();
+    const double t1 = bench::NowUs();
+    if (!st.ok()) return std::fprintf(stderr, "%sdispatch: %s\n", what, st.ToString().c_str()), 1;
+    if (i == 0) prepare();
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t2 = bench::NowUs();
+    st = combine();
+    const double t3 = bench::NowUs();
+    if (!st.ok()) return std::fprintf(stderr, "%scombine: %s\n", what, st.ToString().c_str()), 1;
+    if (i >= warmup) {
+      t->dispatch.push_back(t1 - t0);
+      t->combine.push_back(t3 - t2);
+    }
+  }
+  return 0;
 }
 
 int Normal(MpiWorkspace& ws, const Options& o) {
   const int R = ws.size(), me = ws.rank(), H = o.hidden, K = o.topk;
-  ProblemSpec spec;
-  spec.num_ranks = R;
-  spec.local_size = R;
-  spec.num_experts = o.experts;
-  spec.hidden = H;
-  spec.topk = K;
-  spec.dtype = o.fp8 ? TokenDtype::kFp8 : TokenDtype::kBf16;
-  spec.num_tokens.assign(R, o.tokens);
+  const ProblemSpec spec{.num_ranks = R,
+                         .local_size = R,
+                         .num_experts = o.experts,
+                         .hidden = H,
+                         .topk = K,
+                         .dtype = o.fp8 ? TokenDtype::kFp8 : TokenDtype::kBf16,
+                         .num_tokens = std::vector<int>(R, o.tokens)};
   GeneratedProblem gen(spec, me);
   const RefProblem& p = gen.problem();
-  MpiNormalInput in{.num_tokens = o.tokens,
-                    .hidden = H,
-                    .dtype = spec.dtype,
-                    .x = gen.x(me),
-                    .x_scales = gen.scales(me),
-                    .num_experts = o.experts,
-                    .topk = K,
-                    .topk_idx = p.topk_idx[me],
-                    .topk_weights = p.topk_weights[me]};
+  const MpiNormalInput in = NormalInputOf<MpiNormalInput>(gen, me);
   RefDispatch out;
   RefCombine back;
   std::vector<bf16> y;
   std::vector<float> w;
   Times t;
-  for (int i = 0; i < o.warmup + o.iters; ++i) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    const double t0 = bench::NowUs();
-    Status st = MpiNormalDispatch(ws, in, &out);
-    const double t1 = bench::NowUs();
-    if (!st.ok()) return std::fprintf(stderr, "dispatch: %s\n", st.ToString().c_str()), 1;
-    if (i == 0) {  // expert outputs, prepared once: hashed BF16 rows (what --check regenerates)
-      y.resize(static_cast<size_t>(out.num_rows) * H);
-      for (int r = 0; r < out.num_rows; ++r)
-        GeneratedProblem::HashRow(99, me, r, 0, H, &y[static_cast<size_t>(r) * H]);
-      w = out.topk_weights;
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    const double t2 = bench::NowUs();
-    st = MpiNormalCombine(ws, {.hidden = H, .y = y, .topk = K, .topk_weights = w}, &back);
-    const double t3 = bench::NowUs();
-    if (!st.ok()) return std::fprintf(stderr, "combine: %s\n", st.ToString().c_str()), 1;
-    if (i >= o.warmup) {
-      t.dispatch.push_back(t1 - t0);
-      t.combine.push_back(t3 - t2);
-    }
-  }
+  if (TimeCalls(
+          o.warmup, o.iters, "", [&] { return MpiNormalDispatch(ws, in, &out); },
+          [&] {  // expert outputs: hashed BF16 rows (what --check regenerates)
+            y.resize(static_cast<size_t>(out.num_rows) * H);
+            for (int r = 0; r < out.num_rows; ++r)
+              GeneratedProblem::HashRow(99, me, r, 0, H, &y[static_cast<size_t>(r) * H]);
+            w = out.topk_weights;
+          },
+          [&] { return MpiNormalCombine(ws, {.hidden = H, .y = y, .topk = K, .topk_weights = w}, &back); },
+          &t) != 0)
+    return 1;
   const size_t row_bytes =
       static_cast<size_t>(H) * DtypeBytes(spec.dtype) + (o.fp8 ? 4 * Fp8NumBlocks(H) : 0);
   const double rows = AvgOverRanks(out.num_rows);
@@ -148,25 +154,15 @@ int Normal(MpiWorkspace& ws, const Options& o) {
 
 int LowLatency(MpiWorkspace& ws, const Options& o) {
   const int R = ws.size(), me = ws.rank(), H = o.hidden, K = o.topk, El = o.experts / R;
-  ProblemSpec spec;
-  spec.num_ranks = R;
-  spec.local_size = R;
-  spec.num_experts = o.experts;
-  spec.hidden = H;
-  spec.topk = K;
-  spec.seed = 5;
-  spec.num_tokens.assign(R, o.ll_tokens);
+  const ProblemSpec spec{.num_ranks = R,
+                         .local_size = R,
+                         .num_experts = o.experts,
+                         .hidden = H,
+                         .topk = K,
+                         .num_tokens = std::vector<int>(R, o.ll_tokens),
+                         .seed = 5};
   GeneratedProblem gen(spec, -1);
-  LlRefProblem p;
-  p.num_ranks = R;
-  p.num_experts = o.experts;
-  p.hidden = H;
-  p.topk = K;
-  p.max_tokens = o.ll_tokens;
-  p.num_tokens = spec.num_tokens;
-  p.topk_idx = gen.problem().topk_idx;
-  p.topk_weights = gen.problem().topk_weights;
-  p.x_row = [&gen](int r, int t) { return static_cast<const bf16*>(gen.problem().x_row(r, t)); };
+  const LlRefProblem p = LlProblemOf(gen.problem(), o.ll_tokens);
   const LlDispatchOptions opt{.use_fp8 = !o.ll_bf16, .fp8 = {}};
   MpiLlInput in{.num_tokens = o.ll_tokens,
                 .hidden = H,
@@ -180,28 +176,16 @@ int LowLatency(MpiWorkspace& ws, const Options& o) {
   LlRefDispatch out;
   std::vector<bf16> back, y;
   Times t;
-  for (int i = 0; i < o.warmup + o.ll_iters; ++i) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    const double t0 = bench::NowUs();
-    Status st = MpiLlDispatch(ws, in, &out);
-    const double t1 = bench::NowUs();
-    if (!st.ok()) return std::fprintf(stderr, "ll dispatch: %s\n", st.ToString().c_str()), 1;
-    if (i == 0) {  // expert outputs [E_local, R*T_max, H], valid rows hashed, prepared once
-      y.assign(static_cast<size_t>(El) * out.rows * H, bf16{0});
-      for (int e = 0; e < El; ++e)
-        for (int r = 0; r < out.count[e]; ++r)
-          GeneratedProblem::HashRow(98, me, e, r, H, &y[(static_cast<size_t>(e) * out.rows + r) * H]);
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    const double t2 = bench::NowUs();
-    st = MpiLlCombine(ws, {.y = y, .topk_weights = p.topk_weights[me]}, &back);
-    const double t3 = bench::NowUs();
-    if (!st.ok()) return std::fprintf(stderr, "ll combine: %s\n", st.ToString().c_str()), 1;
-    if (i >= o.warmup) {
-      t.dispatch.push_back(t1 - t0);
-      t.combine.push_back(t3 - t2);
-    }
-  }
+  if (TimeCalls(
+          o.warmup, o.ll_iters, "ll ", [&] { return MpiLlDispatch(ws, in, &out); },
+          [&] {  // expert outputs [E_local, R*T_max, H], valid rows hashed
+            y.assign(static_cast<size_t>(El) * out.rows * H, bf16{0});
+            for (int e = 0; e < El; ++e)
+              for (int r = 0; r < out.count[e]; ++r)
+                GeneratedProblem::HashRow(98, me, e, r, H, &y[(static_cast<size_t>(e) * out.rows + r) * H]);
+          },
+          [&] { return MpiLlCombine(ws, {.y = y, .topk_weights = p.topk_weights[me]}, &back); }, &t) != 0)
+    return 1;
   int64_t pairs = 0;
   for (int64_t e : p.topk_idx[me]) pairs += e >= 0;
   const double avg_pairs = static_cast<double>(SumOverRanks(pairs)) / R;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 
@@ -172,7 +173,10 @@ struct Child {
       for (;;) ::pause();
     }
     ::close(p[1]);
-    EXPECT_EQ(::read(p[0], &id, sizeof(id)), static_cast<ssize_t>(sizeof(id)));
+    // Through a byte buffer: GCC's -Wstringop-overflow (-O3) takes &id for its first member.
+    char raw[sizeof(ProcessIdentity)];
+    EXPECT_EQ(::read(p[0], raw, sizeof(raw)), static_cast<ssize_t>(sizeof(raw)));
+    std::memcpy(&id, raw, sizeof(id));
     ::close(p[0]);
   }
   ~Child() {

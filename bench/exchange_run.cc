@@ -1,0 +1,101 @@
+// bench/exchange_run.cc: the measured part that epx-bench normal and low-latency share
+// (bench/exchange_run.h).
+#include "bench/exchange_run.h"
+
+namespace epx::bench {
+
+StatusOr<ProblemSpec> ExchangeSpec(const ExchangeFlags& o, const Placement& pl, TokenDtype dtype) {
+  const int R = pl.world_size;
+  if (o.experts % R != 0 || o.topk > o.experts)
+    return EPX_ERROR(kInvalidArgument, "--experts {} must be divisible by the {} ranks and >= --topk {}",
+                     o.experts, R, o.topk);
+  return ProblemSpec{.num_ranks = R,
+                     .local_size = pl.local_size,
+                     .num_experts = o.experts,
+                     .hidden = o.hidden,
+                     .topk = o.topk,
+                     .dtype = dtype,
+                     .num_tokens = std::vector<int>(R, o.tokens),
+                     .seed = o.seed};
+}
+
+StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
+                                            const ExchangeSamples& s, const ExchangeCounts& mine) {
+  // One gather for every per-rank figure; the CPU times travel as this rank's medians.
+  struct Mine {
+    int64_t recv_rows, bad;
+    int64_t mean[2];
+    double cpu_dispatch_us, cpu_combine_us;
+  } m{mine.recv_rows,
+      static_cast<int64_t>(s.bad),
+      {mine.mean[0], mine.mean[1]},
+      Summarize(s.cpu_dispatch_us).median_us,
+      Summarize(s.cpu_combine_us).median_us};
+  EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod(tag + "-counts", m));
+  EPX_ASSIGN_OR_RETURN(auto step_d, StepTimes(ctx.bootstrap(), s.dispatch_us, (tag + "-times-d").c_str()));
+  EPX_ASSIGN_OR_RETURN(auto step_c, StepTimes(ctx.bootstrap(), s.combine_us, (tag + "-times-c").c_str()));
+  ExchangeSummary sum;
+  sum.dispatch = Summarize(step_d);
+  sum.combine = Summarize(step_c);
+  const int R = static_cast<int>(all.size());
+  for (const Mine& r : all) {
+    for (int i = 0; i < 2; ++i) sum.mean[i] += static_cast<double>(r.mean[i]) / R;
+    sum.bad += r.bad;
+    sum.cpu_dispatch_us += r.cpu_dispatch_us / R;
+    sum.cpu_combine_us += r.cpu_combine_us / R;
+    sum.recv_rows.push_back(r.recv_rows);
+  }
+  // The copy limit of the same bytes, same cores, same run (bench/copy_limit.h).
+  EPX_ASSIGN_OR_RETURN(sum.copy_dispatch, MeasureCopyLimit(ctx, mine.dispatch_bytes, mine.dispatch_row,
+                                                           o.iters, o.warmup, (tag + "-copy-d").c_str()));
+  EPX_ASSIGN_OR_RETURN(sum.copy_combine, MeasureCopyLimit(ctx, mine.combine_bytes, mine.combine_row, o.iters,
+                                                          o.warmup, (tag + "-copy-c").c_str()));
+  return sum;
+}
+
+nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement& pl, const ExchangeFlags& o,
+                            const ExchangeSummary& s, const ExchangeBytes& bytes, const MpiRun& mpi) {
+  nlohmann::json j = {{"mode", mode},
+                      {"ranks", pl.world_size},
+                      {"nodes", pl.num_nodes},
+                      {"local_ranks", pl.local_size},
+                      {"tokens", o.tokens},
+                      {"hidden", o.hidden},
+                      {"topk", o.topk},
+                      {"experts", o.experts},
+                      {"dtype", dtype},
+                      {"zero_copy", o.zero_copy},
+                      {"check", !o.check     ? "off"
+                                : s.bad == 0 ? "PASS"
+                                             : "FAIL"},
+                      {"iters", o.iters},
+                      {"warmup", o.warmup},
+                      {"seed", o.seed},
+                      {"recv_tokens_per_rank", s.recv_rows}};
+  // The same keys per op, "<op>_..." and "copy_<op>_..." (ReportExchange and PrintBaselines read them so).
+  struct Op {
+    const char* name;
+    const Stats* step;
+    const CopyLimitResult* copy;
+    double bytes, rdma_bytes, cpu_us;
+  };
+  for (const Op& op :
+       {Op{"dispatch", &s.dispatch, &s.copy_dispatch, bytes.dispatch, bytes.rdma_dispatch, s.cpu_dispatch_us},
+        Op{"combine", &s.combine, &s.copy_combine, bytes.combine, bytes.rdma_combine, s.cpu_combine_us}}) {
+    const std::string k = op.name, c = "copy_" + k;
+    const double median = op.step->median_us;
+    j[k + "_us_p50"] = median;
+    j[k + "_us_p99"] = op.step->p99_us;
+    j[k + "_GBps"] = Gbps(op.bytes, median);
+    j[c + "_us_p50"] = op.copy->step.median_us;
+    j[c + "_us_p99"] = op.copy->step.p99_us;
+    j[c + "_GBps"] = op.copy->gbps;
+    j[k + "_vs_copy"] = median > 0 ? op.copy->step.median_us / median : 0.0;
+    j[k + "_cpu_us_per_rank"] = op.cpu_us;
+    if (pl.num_nodes > 1) j[k + "_rdma_GBps"] = Gbps(op.rdma_bytes, median);
+  }
+  AddMpiJson(mpi, bytes.dispatch, bytes.combine, &j);
+  return j;
+}
+
+}  // namespace epx::bench
