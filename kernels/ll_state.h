@@ -187,7 +187,7 @@ struct LlState {
         Status s = rdma->Quiet(c);
         if (s.ok()) break;
         const uint64_t epoch = mask_epoch.load(std::memory_order_acquire);
-        EPX_RETURN_IF_ERROR(MaskOnFailure(-1, std::move(s)));
+        EPX_RETURN_IF_ERROR(MaskOnFailure(-1, s));  // a copy: `s` is returned below
         if (mask_epoch.load(std::memory_order_acquire) == epoch) return s;  // nobody new masked: give up
       }
     }
