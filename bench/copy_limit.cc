@@ -5,8 +5,27 @@
 #include <memory>
 
 #include "bench/commands.h"
+#include "kernels/bf16_math.h"
 
 namespace epx::bench {
+
+namespace {
+
+// The slowest rank per timed iteration, and the mean bytes over ranks per median step.
+StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, double bytes, const char* phase) {
+  EPX_ASSIGN_OR_RETURN(auto step, StepTimes(ctx.bootstrap(), t, phase));
+  struct Mine {
+    double bytes;
+  } mine{bytes};
+  EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod(phase, mine));
+  CopyLimitResult r;
+  for (const Mine& m : all) r.bytes_per_rank += m.bytes / static_cast<double>(all.size());
+  r.step = Summarize(step);
+  r.gbps = Gbps(r.bytes_per_rank, r.step.median_us);
+  return r;
+}
+
+}  // namespace
 
 StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters, int warmup,
                                            const char* phase) {
@@ -25,16 +44,29 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
   // A volatile read of the destination keeps the copies observable, so the compiler cannot drop them.
   volatile uint8_t sink = bytes ? dst[bytes / 2] : 0;
   (void)sink;
-  EPX_ASSIGN_OR_RETURN(auto step, StepTimes(ctx.bootstrap(), t, phase));
-  struct Mine {
-    double bytes;
-  } mine{static_cast<double>(bytes)};
-  EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod(phase, mine));
-  CopyLimitResult r;
-  for (const Mine& m : all) r.bytes_per_rank += m.bytes / static_cast<double>(all.size());
-  r.step = Summarize(step);
-  r.gbps = Gbps(r.bytes_per_rank, r.step.median_us);
-  return r;
+  return Finish(ctx, t, static_cast<double>(bytes), phase);
+}
+
+StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters, int warmup,
+                                             const char* phase) {
+  const size_t H = static_cast<size_t>(hidden), N = static_cast<size_t>(tokens), K = static_cast<size_t>(topk);
+  // Values do not change the kernel's speed (no data-dependent branches); weights as a router's softmax.
+  std::vector<bf16> rows_mem(N * K * H, FloatToBf16(0.5f)), out(N * H);
+  std::vector<const bf16*> rows(N * K);
+  for (size_t i = 0; i < N * K; ++i) rows[i] = rows_mem.data() + i * H;
+  std::vector<float> w(K, 1.0f / static_cast<float>(std::max<size_t>(K, 1))), acc(H);
+  std::vector<double> t;
+  for (int it = 0; it < warmup + iters; ++it) {
+    EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
+    const double t0 = NowUs();
+    for (size_t n = 0; n < N; ++n)
+      WeightedSumBf16Rows(out.data() + n * H, acc.data(), rows.data() + n * K, w.data(), topk, hidden);
+    const double t1 = NowUs();
+    if (it >= warmup) t.push_back(t1 - t0);
+  }
+  volatile uint16_t sink = N ? out[N * H / 2].bits : 0;  // keeps the sums observable
+  (void)sink;
+  return Finish(ctx, t, static_cast<double>(N * K * H * 2), phase);
 }
 
 }  // namespace epx::bench

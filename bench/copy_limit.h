@@ -24,4 +24,13 @@ struct CopyLimitResult {
 StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters, int warmup,
                                            const char* phase);
 
+// The reduce limit of the low-latency combine: every rank sums, as its combine's last step must, `tokens`
+// output rows of `hidden` BF16 from `topk` weighted rows each with the library's WeightedSumBf16Rows
+// (kernels/bf16_math.h: the kernel LlCombineRecv and the MPI baseline call), the rows read from one private
+// NUMA-local buffer reused every iteration (as warm as the copy limit's), all ranks at once after a barrier.
+// No combine that returns these sums can take less than its reduce, so copy limit + reduce limit bounds a
+// combine whose inputs must move once (tools/compare, bench/results/README.md). `bytes_per_rank` = rows read.
+StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters, int warmup,
+                                             const char* phase);
+
 }  // namespace epx::bench

@@ -50,6 +50,12 @@ StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o
                                                            o.iters, o.warmup, (tag + "-copy-d").c_str()));
   EPX_ASSIGN_OR_RETURN(sum.copy_combine, MeasureCopyLimit(ctx, mine.combine_bytes, mine.combine_row, o.iters,
                                                           o.warmup, (tag + "-copy-c").c_str()));
+  sum.has_reduce = mine.reduce_tokens > 0;
+  if (sum.has_reduce) {
+    EPX_ASSIGN_OR_RETURN(sum.reduce_combine, MeasureReduceLimit(ctx, mine.reduce_tokens, mine.reduce_topk,
+                                                                mine.reduce_hidden, o.iters, o.warmup,
+                                                                (tag + "-reduce").c_str()));
+  }
   return sum;
 }
 
@@ -93,6 +99,18 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
     j[k + "_vs_copy"] = median > 0 ? op.copy->step.median_us / median : 0.0;
     j[k + "_cpu_us_per_rank"] = op.cpu_us;
     if (pl.num_nodes > 1) j[k + "_rdma_GBps"] = Gbps(op.rdma_bytes, median);
+  }
+  if (s.has_reduce) {
+    // Floors (medians added: each part is a lower bound of its own step). A combine whose expert outputs
+    // sit in private memory must move them once and reduce them: copy(dispatch) + copy(combine) + reduce.
+    // A zero-copy combine reads them in place: copy(dispatch) + reduce.
+    const double cd = s.copy_dispatch.step.median_us, cc = s.copy_combine.step.median_us;
+    const double rd = s.reduce_combine.step.median_us;
+    j["reduce_combine_us_p50"] = rd;
+    j["reduce_combine_us_p99"] = s.reduce_combine.step.p99_us;
+    j["reduce_combine_GBps"] = s.reduce_combine.gbps;
+    j["floor_us"] = cd + cc + rd;
+    j["floor_zero_copy_us"] = cd + rd;
   }
   AddMpiJson(mpi, bytes.dispatch, bytes.combine, &j);
   return j;

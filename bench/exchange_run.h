@@ -83,6 +83,9 @@ struct ExchangeCounts {
   std::array<int64_t, 2> mean{};  // the command's own counts, averaged over ranks (ExchangeSummary::mean)
   // The copy limit's job (bench/copy_limit.h): this rank's bytes of each op, in rows of that op's size.
   size_t dispatch_bytes = 0, dispatch_row = 0, combine_bytes = 0, combine_row = 0;
+  // The reduce limit's job (MeasureReduceLimit), low-latency only (0 tokens: not measured): this rank's
+  // tokens, each summed from `reduce_topk` weighted rows of `reduce_hidden`.
+  int reduce_tokens = 0, reduce_topk = 0, reduce_hidden = 0;
 };
 
 // The figures of a table, the same on every rank.
@@ -93,10 +96,13 @@ struct ExchangeSummary {
   std::vector<int64_t> recv_rows;                  // per rank
   std::array<double, 2> mean{};                    // ExchangeCounts::mean, mean over ranks
   CopyLimitResult copy_dispatch, copy_combine;
+  bool has_reduce = false;  // ExchangeCounts::reduce_tokens > 0 on this rank (the same on all in the bench)
+  CopyLimitResult reduce_combine;
 };
 
 // Collective: gathers the counts ("<tag>-counts") and the step times ("<tag>-times-d", "-c"), then measures
-// the copy limit ("<tag>-copy-d", "-c") over --iters (+ --warmup) iterations.
+// the copy limit ("<tag>-copy-d", "-c") and, when asked, the reduce limit ("<tag>-reduce") over --iters
+// (+ --warmup) iterations.
 StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
                                             const ExchangeSamples& s, const ExchangeCounts& mine);
 
@@ -120,7 +126,7 @@ struct ExchangeBytes {
 
 // The JSON keys both tables write (the command adds its own, e.g. "config"): the shape and options,
 // `dtype` of the dispatch payload, the check verdict, step times, GB/s, the copy limit, CPU times, the
-// received rows and the MPI baseline's keys (AddMpiJson).
+// received rows, the reduce limit and floors (has_reduce) and the MPI baseline's keys (AddMpiJson).
 nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement& pl, const ExchangeFlags& o,
                             const ExchangeSummary& s, const ExchangeBytes& bytes, const MpiRun& mpi);
 

@@ -344,7 +344,10 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
                                           .dispatch_bytes = static_cast<size_t>(pairs * d_pair),
                                           .dispatch_row = static_cast<size_t>(d_pair),
                                           .combine_bytes = static_cast<size_t>(pairs * c_pair),
-                                          .combine_row = static_cast<size_t>(c_pair)}));
+                                          .combine_row = static_cast<size_t>(c_pair),
+                                          .reduce_tokens = o.tokens,
+                                          .reduce_topk = K,
+                                          .reduce_hidden = H}));
   const double avg_pairs = sum.mean[0], avg_rdma_pairs = sum.mean[1];
   // The MPI baseline, same processes, same inputs (bench/mpi_compare.h).
   EPX_ASSIGN_OR_RETURN(const MpiRun mpi, RunMpiBaseline(o, [&] {
