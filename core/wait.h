@@ -68,7 +68,8 @@ class Backoff {
       // tv_nsec must stay below 1e9: nanosleep rejects {0, 1e9} with EINVAL without sleeping at all.
       timespec ts{static_cast<time_t>(sleep_us_ / 1000000), static_cast<long>(sleep_us_ % 1000000) * 1000};
       nanosleep(&ts, nullptr);
-      if (sleep_us_ < p_.max_sleep_us) sleep_us_ = sleep_us_ * 2 > p_.max_sleep_us ? p_.max_sleep_us : sleep_us_ * 2;
+      if (sleep_us_ < p_.max_sleep_us)
+        sleep_us_ = sleep_us_ * 2 > p_.max_sleep_us ? p_.max_sleep_us : sleep_us_ * 2;
     }
   }
   void Reset() { n_ = 0, sleep_us_ = 1; }
@@ -88,6 +89,10 @@ class WaitHealth {
   // True once a peer is known to be dead. Cheap when called often: implementations rate-limit the
   // syscalls they make to look, so callers may ask on every slow-path poll.
   virtual bool PeerDead() = 0;
+  // True once another process reported a peer dead (the verbs domain's death notices from the dead rank's
+  // host): a cause, not a symptom, and cheap to ask (it sends nothing), so waits that ask PeerDead() only
+  // now and then may ask this on every slow pass, and before other checks (kernels/normal_state.h).
+  virtual bool PeerReportedDead() { return false; }
   // The error of a wait that cannot finish because of that: names the dead peer(s), `what` the wait
   // was for (operation, phase) and `waiting` (the wait's own diagnostic: counters, expected vs seen).
   virtual Status PeerFailure(std::string_view what, std::string_view waiting) = 0;

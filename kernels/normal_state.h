@@ -49,8 +49,8 @@ struct NormalState {
   bool broken = false;  // a call failed midway: rings are in an unknown state
   // Masking (NormalBuffer::MaskRank, one node): masked[r] != 0 -> r gets no tokens, sends none, and no
   // wait is for it. Changed only between calls, by the caller's thread.
-  std::vector<uint8_t> masked;  // [R]
-  uint64_t mask_epoch = 0;      // bumped by every change; handles remember it
+  std::vector<uint8_t> masked;      // [R]
+  uint64_t mask_epoch = 0;          // bumped by every change; handles remember it
   std::vector<uint64_t> masked_at;  // [R] `calls` when r was masked (UnmaskRank's check)
   uint64_t calls = 0;               // dispatch and combine calls begun
 
@@ -137,9 +137,13 @@ class ProgressWatch {
         return EPX_ERROR(kTimeout, "{} (no progress for {} ms)", diag(), timeout_ms_);
       }
       if (backoff_.sleeping() || now - idle_since_ >= kLivenessAfter) {
-        // Fail after one more pass without progress (see above). This host's scan first: it names a
+        // Fail after one more pass without progress (see above). A death another host reported first
+        // (it costs nothing to ask: transport/verbs death notices): a rank of this host found dead after
+        // that is most likely a survivor that failed on it and exited. Then this host's scan: it names a
         // killed local rank within its interval, and it is the precise one.
-        if (health_ != nullptr && health_->PeerDead()) [[unlikely]]
+        if (remote_ != nullptr && remote_->PeerReportedDead()) [[unlikely]]
+          dead_ = remote_;
+        else if (health_ != nullptr && health_->PeerDead()) [[unlikely]]
           dead_ = health_;
         else if (remote_ != nullptr && now - idle_since_ >= kRemoteAfter && remote_->PeerDead()) [[unlikely]]
           dead_ = remote_;

@@ -47,7 +47,12 @@ constexpr size_t kImmEnqueue = 4096;
 constexpr size_t kImmDequeue = 4096 + 64;
 constexpr size_t kImmSlots0 = 4096 + 128;
 constexpr size_t kImmSlots = 1024;  // 16 bytes each
-constexpr size_t kFirstFree = kImmSlots0 + 16 * kImmSlots;
+// Death notices of the verbs domain (transport/verbs/domain.h "Death notices"): word r != 0 says rank r
+// died, written over RDMA by a rank of r's host that saw it die (value: that rank + 1). Ranks past
+// kDeathNoticeRanks get no notices (their deaths are still found by probes and QP errors).
+constexpr size_t kDeathNotice = kImmSlots0 + 16 * kImmSlots;
+constexpr size_t kDeathNoticeRanks = 4096;
+constexpr size_t kFirstFree = kDeathNotice + 8 * kDeathNoticeRanks;
 static_assert(kFirstFree <= kHeapControlBytes);
 }  // namespace ctl
 
@@ -71,12 +76,15 @@ class Context {
   Bootstrap& bootstrap() { return *boot_; }
   SymmetricHeap& heap() { return *heap_; }
   HeapAllocator& allocator() { return alloc_; }
-  ShmTransport& node() { return *node_; }          // ranks of this logical node
+  ShmTransport& node() { return *node_; }  // ranks of this logical node
   const std::vector<int>& node_ranks() const { return node_ranks_; }
   const ContextOptions& options() const { return opts_; }
   // Dead-peer detection for the ranks of this host (transport/liveness.h); waits that depend on peers
   // pass it to core/wait.h as their WaitHealth.
   PeerLiveness& liveness() { return *live_; }
+  // The same, shared: for objects that may outlive this Context (a buffer in a static destroyed after
+  // main() returned) and must still unregister from it.
+  std::shared_ptr<PeerLiveness> shared_liveness() const { return live_; }
 
  private:
   Context(const Placement& p, const ContextOptions& o) : placement_(p), opts_(o), alloc_(0) {}
@@ -84,7 +92,7 @@ class Context {
   ContextOptions opts_;
   std::unique_ptr<Bootstrap> boot_;
   std::unique_ptr<SymmetricHeap> heap_;
-  std::unique_ptr<PeerLiveness> live_;
+  std::shared_ptr<PeerLiveness> live_;
   HeapAllocator alloc_;
   std::unique_ptr<ShmTransport> node_;
   std::vector<int> node_ranks_;

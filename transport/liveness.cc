@@ -126,7 +126,8 @@ PeerLiveness::PeerLiveness(int rank, std::vector<ProcessIdentity> ids, std::vect
       ids_(std::move(ids)),
       watched_(std::move(watched)),
       state_(ids_.size(), ProcessState::kAlive),
-      acked_(ids_.size(), 0) {}
+      acked_(ids_.size(), 0),
+      reporting_(ids_.size(), 0) {}
 
 bool PeerLiveness::Scan(int64_t now) {
   int64_t due = next_scan_.load(std::memory_order_relaxed);
@@ -134,19 +135,54 @@ bool PeerLiveness::Scan(int64_t now) {
   // One scanner per interval: the others go back to waiting and see its verdict through unacked_.
   if (now < due || !next_scan_.compare_exchange_strong(due, now + interval, std::memory_order_relaxed))
     return unacked_.load(std::memory_order_acquire) > 0;
+  // Deaths found in this scan: the listeners hear of them before they are published (state_, unacked_),
+  // so no wait of this process fails, and its process exits, before they are done. (Allocation here is
+  // fine: this is a wait's slow path, at most once per interval.)
+  std::vector<std::pair<int, ProcessState>> found;
   for (int r : watched_) {
     const auto i = static_cast<size_t>(r);
     {
       std::lock_guard<std::mutex> g(mu_);
-      if (state_[i] != ProcessState::kAlive) continue;  // a death stays: no need to look again
+      // A death stays: no need to look again (nor while an earlier scan's listeners hear of it).
+      if (state_[i] != ProcessState::kAlive || reporting_[i]) continue;
     }
     const ProcessState s = ProbeProcess(ids_[i]);
     if (s == ProcessState::kAlive) continue;
+    std::lock_guard<std::mutex> g(mu_);
+    if (reporting_[i]) continue;
+    reporting_[i] = 1;
+    found.emplace_back(r, s);
+  }
+  if (!found.empty()) {
+    std::lock_guard<std::mutex> g(listen_mu_);
+    for (const auto& [r, s] : found)
+      for (auto& [id, fn] : listeners_) fn(r);
+  }
+  for (const auto& [r, s] : found) {
+    const auto i = static_cast<size_t>(r);
     std::lock_guard<std::mutex> g(mu_);
     state_[i] = s;
     if (!acked_[i]) unacked_.fetch_add(1, std::memory_order_release);  // after state_: readers lock mu_
   }
   return unacked_.load(std::memory_order_acquire) > 0;
+}
+
+int PeerLiveness::AddDeathListener(DeathListener fn) {
+  std::lock_guard<std::mutex> g(listen_mu_);
+  listeners_.emplace_back(++next_listener_, std::move(fn));
+  return next_listener_;
+}
+
+int PeerLiveness::AddCauseSource(CauseSource fn) {
+  std::lock_guard<std::mutex> g(listen_mu_);
+  causes_.emplace_back(++next_listener_, std::move(fn));
+  return next_listener_;
+}
+
+void PeerLiveness::RemoveDeathListener(int id) {
+  std::lock_guard<std::mutex> g(listen_mu_);
+  std::erase_if(listeners_, [&](const auto& l) { return l.first == id; });
+  std::erase_if(causes_, [&](const auto& l) { return l.first == id; });
 }
 
 bool PeerLiveness::IsDead(int rank) const {
@@ -187,6 +223,13 @@ std::vector<int> PeerLiveness::dead_ranks() const {
 Status PeerLiveness::PeerFailure(std::string_view what, std::string_view waiting) {
   std::string dead = DeadPeers();
   if (dead.empty()) dead = "a peer died";
+  std::string cause;
+  {
+    std::lock_guard<std::mutex> g(listen_mu_);
+    for (auto& [id, fn] : causes_)
+      if (!(cause = fn()).empty()) break;
+  }
+  if (!cause.empty()) dead = fmt::format("{}; then on this host: {}", cause, dead);
   std::string msg = fmt::format(
       "{} during {}; rank {} was waiting: {}. The Context and every buffer made from it are not usable any "
       "more "

@@ -23,7 +23,8 @@
 // wait was for is itself dead, or another one (the wait's peer may be alive and merely held up).
 //
 // Peers on other hosts (verbs) are not watched here: their pids mean nothing on this kernel. The verbs
-// domain detects them with QP errors and its liveness probes (transport/verbs/).
+// domain detects them with QP errors and its liveness probes (transport/verbs/), and it tells the other
+// hosts what this scan saw (death notices): it listens here (AddDeathListener).
 //
 // Thread safety: PeerDead()/PeerFailure() may be called by any thread at any time (channel threads of
 // several buffers wait concurrently); the scan is claimed with a compare-exchange, so it runs on one
@@ -35,6 +36,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -96,6 +98,19 @@ class PeerLiveness final : public WaitHealth {
   // it), so it no longer fails waits. May come before the death is seen (a rank masked after a timeout).
   void Acknowledge(int rank);
 
+  // Death listeners: fn(rank) runs once per rank found dead, on the thread whose scan found it, BEFORE
+  // the death fails any wait of this process (so a listener's work, e.g. telling other hosts, is done
+  // before a survivor that fails can exit). Keep it short and bounded: waits of other threads see the
+  // death only once it returns. Remove blocks until a running call of that listener has returned.
+  using DeathListener = std::function<void(int rank)>;
+  int AddDeathListener(DeathListener fn);
+  void RemoveDeathListener(int id);
+  // Cause sources: fn() returns "" or a death that another host reported (the verbs domain's death
+  // notices). PeerFailure names such a death first: this host's deaths after it are survivors that failed
+  // on it and exited (a cascade), however the wait and the scan raced. Removed with RemoveDeathListener.
+  using CauseSource = std::function<std::string()>;
+  int AddCauseSource(CauseSource fn);
+
   // "rank 1 (pid 1234, node 0) died (no longer running)" for every unacknowledged dead peer; "" if none.
   std::string DeadPeers() const;
   // Ranks found dead (acknowledged or not), ascending.
@@ -112,9 +127,14 @@ class PeerLiveness final : public WaitHealth {
   std::atomic<int64_t> next_scan_{0};  // steady_clock ticks; a scan is due at or after it
   std::atomic<int> unacked_{0};        // dead and not acknowledged; raised after state_ is written
   std::atomic<bool> reported_{false};  // the first PeerFailure logged it
-  mutable std::mutex mu_;              // guards the two below
+  mutable std::mutex mu_;              // guards the three below
   std::vector<ProcessState> state_;    // [world] kAlive until a scan saw otherwise
   std::vector<uint8_t> acked_;         // [world]
+  std::vector<uint8_t> reporting_;     // [world] a scan found it dead (its listeners may still run)
+  std::mutex listen_mu_;  // guards listeners_ and causes_; held while they run (Remove waits for them)
+  std::vector<std::pair<int, DeathListener>> listeners_;
+  std::vector<std::pair<int, CauseSource>> causes_;
+  int next_listener_ = 0;
 };
 
 }  // namespace epx

@@ -71,8 +71,9 @@ inline std::optional<Failure> ParseFailure(const std::string& line) {
 }
 
 // A rank a survivor's error names as failed, and how: "died" (the process scan, transport/liveness.h, which
-// lists every dead rank), "probe" (a verbs liveness probe got no acknowledgement), "QP" (a work request to
-// or from it failed).
+// lists every dead rank), "notice" (a verbs death notice from a rank of the dead one's host,
+// transport/verbs/domain.h), "probe" (a verbs liveness probe or notice got no acknowledgement), "QP" (a work
+// request to or from it failed).
 struct Naming {
   int rank = -1;
   std::string how;
@@ -82,7 +83,8 @@ struct Naming {
 inline std::vector<Naming> NamedIn(const std::string& text) {
   static const std::pair<std::regex, const char*> kForms[] = {
       {std::regex(R"(rank (\d+) \(pid \d+, node \d+\) died)"), "died"},
-      {std::regex(R"(rank (\d+) is unreachable: liveness probe)"), "probe"},
+      {std::regex(R"(rank (\d+) died on its host \(death notice)"), "notice"},
+      {std::regex(R"(rank (\d+) is unreachable: (?:liveness probe|death notice))"), "probe"},
       {std::regex(R"( to rank (\d+) failed on channel|\(rank (\d+) -> rank \d+, channel)"), "QP"}};
   std::vector<Naming> out;
   for (const auto& [re, how] : kForms)

@@ -372,8 +372,9 @@ std::vector<MaskCell> MakeMaskCells() {
   if (Verbs()) {  // one guest under TCG: every point once, victims on both nodes, 1 and 2 channels
     cells.push_back({kPoints[0], 1, 2, 2, 1});
     cells.push_back({kPoints[1], 3, 2, 2, 2});
-    cells.push_back({kPoints[2], 0, 1, 2, 2});
-    cells.push_back({kPoints[3], 2, 1, 2, 1});
+    cells.push_back(
+        {kPoints[2], 0, 1, 2, 1});  // 1 channel: the one .send cell whose call must drop the victim
+    cells.push_back({kPoints[3], 2, 1, 2, 2});
     return cells;
   }
   int k = 0;

@@ -272,6 +272,39 @@ TEST(PeerLiveness, AnAcknowledgedDeathNoLongerFailsWaitsButANewOneDoes) {
   EXPECT_EQ(live.DeadPeers().find("rank 1 "), std::string::npos) << live.DeadPeers();
 }
 
+TEST(PeerLiveness, ListenersHearADeathBeforeAnyWaitSeesItAndCausesComeFirst) {
+  // What death notices need (transport/verbs/): the listener runs once per death, and no wait of this
+  // process can fail on the death (and its process exit) before the listener returned.
+  Child victim;
+  PeerLiveness live(0, {ProcessIdentity::Self(0), victim.id}, {1});
+  std::atomic<int> heard{0}, dead_seen_inside{-1};
+  const int id = live.AddDeathListener([&](int rank) {
+    heard.fetch_add(rank == 1 ? 1 : 100);
+    dead_seen_inside = live.IsDead(rank) ? 1 : 0;  // not published yet
+  });
+  std::string cause;
+  const int cause_id = live.AddCauseSource([&] { return cause; });
+  ::kill(victim.pid, SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!live.PeerDead() && std::chrono::steady_clock::now() - t0 < 2s) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(live.PeerDead());
+  EXPECT_EQ(heard.load(), 1);
+  EXPECT_EQ(dead_seen_inside.load(), 0) << "the listener ran after the death was published";
+  std::this_thread::sleep_for(PeerLiveness::kScanInterval + 5ms);
+  (void)live.PeerDead();  // a later scan does not tell the listener again
+  EXPECT_EQ(heard.load(), 1);
+  // No cause: the message starts with the dead peer. A cause (another host's death): it comes first.
+  const std::string plain = live.PeerFailure("x", "y").message();
+  EXPECT_NE(plain.find("rank 1 (pid"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("then on this host"), std::string::npos) << plain;
+  cause = "rank 7 died on its host";
+  const std::string m = live.PeerFailure("x", "y").message();
+  EXPECT_NE(m.find("rank 7 died on its host; then on this host: rank 1 (pid"), std::string::npos) << m;
+  live.RemoveDeathListener(id);
+  live.RemoveDeathListener(cause_id);
+  EXPECT_EQ(live.PeerFailure("x", "y").message().find("rank 7"), std::string::npos);
+}
+
 // A WaitHealth that reports a death after `after` asks.
 class FakeHealth : public WaitHealth {
  public:

@@ -291,10 +291,13 @@ std::vector<bf16> CombineRef(const LlRefProblem& p, const std::vector<LlRefDispa
 //               none of its experts' counts, and every survivor has local experts of every victim
 //               channel (E_local = 8 >= channels, experts e % C == c on channel c), so whatever the other
 //               channels posted, each survivor misses counts and must drop all of the victim's part.
-//               ll.combine.send: kWithout when the killing hit is the first of the call ((after - 1) %
-//               channels == 0: no channel of the victim had passed the point, nothing was posted); with
-//               a later hit, another channel of the victim may have posted all of ITS sources' rows and
-//               done flags (channel c serves sources s % C == c), so kEither.
+//               ll.combine.send: kWithout with one channel (the killing hit is before any row). With
+//               several, kEither even when the killing hit is the first of the call: the other channels
+//               run on their own threads while the SIGKILL is delivered (the kernel stops the threads of
+//               a dying process one by one), so another channel may pass its point and post all of ITS
+//               sources' rows and done flags (channel c serves sources s % C == c) before the process is
+//               gone; a source of that channel then gets the victim's whole part (seen on rxe, CI of
+//               f3b0c95: ranks 1 and 3 of channel 1 got the full result after rank 0 died at hit 1).
 //               .recv points: kEither: the victim posted all of call X and died before its receive phase.
 //   c > X       kWithout: the victim takes no part any more.
 // kFull means: equal to the reference with the victim AND MaskedRanks() empty after the call; kWithout:
@@ -325,7 +328,7 @@ Want MaskWant(const FaultSpec& f, int channels, int death_call, int call) {
   if (call == death_call - 1) return Want::kEither;
   if (call == death_call) {
     if (f.point == FaultPoint::kLlDispatchSend) return Want::kWithout;
-    if (f.point == FaultPoint::kLlCombineSend && (f.after - 1) % channels == 0) return Want::kWithout;
+    if (f.point == FaultPoint::kLlCombineSend && channels == 1) return Want::kWithout;
     return Want::kEither;
   }
   return Want::kWithout;

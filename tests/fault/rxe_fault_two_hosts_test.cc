@@ -12,24 +12,23 @@
 //   * the victim died at P (its "fault injection" line: the moment of the death);
 //   * every survivor, on both hosts, failed a call with a peer failure (not a timeout) within EPX_TIMEOUT +
 //     1 s of the death, naming rank V: on the victim's host by the process scan ("rank V (pid P, node n)
-//     died"); on the other host only the network can tell, so by a failed verbs liveness probe ("rank V is
-//     unreachable") or work request ("... to rank V failed", "(rank V -> rank R, ...)"). A survivor that
-//     fails exits, so across hosts a rank may see that first: naming a rank whose own failure came before
-//     (a cascade) also counts on the other host, and the table marks it;
+//     died"); on the other host by the death notice that scan sends over RDMA before any survivor of the
+//     victim's host can fail and exit ("rank V died on its host (death notice ...)",
+//     transport/verbs/domain.h), else by a failed verbs liveness probe ("rank V is unreachable") or work
+//     request ("... to rank V failed", "(rank V -> rank R, ...)"). Naming a survivor that failed and exited
+//     first (a cascade) does not count;
 //   * the victim's epx-run exits 137 naming it, the other host's epx-run exits non-zero;
 //   * each guest printed "cell N clean": no fault_worker / epx-run left, no new /dev/shm entry.
 // Masked kill cells (fault_worker --mask: low-latency rounds on an LlBuffer with mask_on_failure): every
 // survivor masks the victim within EPX_TIMEOUT + 1 s of the death (its "mask notice" line naming it; the
-// other host learns of the death only from the network: QP errors and probes), runs 3 more rounds whose
-// results equal the reference without the victim, bitwise, and exits 0 (no FAILED line, no check failure,
-// no wait that ran into its deadline); the victim's epx-run exits 137 naming it, the other host's exits 0;
-// both guests clean.
-// Link cut (last cell): no fault; once the ranks run rounds, host 1 takes eth0 down. Every rank on both
-// hosts must fail a call made during the rounds with a peer failure naming a rank of the OTHER host (or a
-// cascade), within EPX_TIMEOUT + 1 s of host 1's "link down" line; both epx-runs exit non-zero; both guests
-// clean.
-// At the end a Markdown table lists per cell and rank the seconds from the event to the error and what
-// named whom (died / probe / QP; TIMEOUT = the wait ran into its deadline).
+// other host learns of the death from the network: the death notice, QP errors and probes), runs 3 more
+// rounds whose results equal the reference without the victim, bitwise, and exits 0 (no FAILED line, no check
+// failure, no wait that ran into its deadline); the victim's epx-run exits 137 naming it, the other host's
+// exits 0; both guests clean. Link cut (last cell): no fault; once the ranks run rounds, host 1 takes eth0
+// down. Every rank on both hosts must fail a call made during the rounds with a peer failure naming a rank of
+// the OTHER host (or a cascade), within EPX_TIMEOUT + 1 s of host 1's "link down" line; both epx-runs exit
+// non-zero; both guests clean. At the end a Markdown table lists per cell and rank the seconds from the event
+// to the error and what named whom (died / notice / probe / QP; TIMEOUT = the wait ran into its deadline).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -86,10 +85,9 @@ std::string CellArg(const Cell& c) {
                       : fmt::format("{}{}:{}:{}", c.mask ? "mask:" : "", c.victim, c.point, c.after);
 }
 std::string CellName(const Cell& c) {
-  return c.victim < 0
-             ? "link cut: host 1 takes eth0 down during rounds"
-             : fmt::format("{}{} after={} victim=r{} (host {})", c.mask ? "masked: " : "", c.point, c.after,
-                           c.victim, c.victim / 2);
+  return c.victim < 0 ? "link cut: host 1 takes eth0 down during rounds"
+                      : fmt::format("{}{} after={} victim=r{} (host {})", c.mask ? "masked: " : "", c.point,
+                                    c.after, c.victim, c.victim / 2);
 }
 
 struct Line {
@@ -238,7 +236,7 @@ struct CellOut {
   std::map<int, std::string> verdict;  // host -> epx-run's last line ("epx-run: exit code ...")
   std::vector<std::string> notes;      // e.g. "link NOT cut"
   // Masked cells.
-  std::map<int, std::pair<int, double>> notice;  // rank -> (rank it masked first, arrival)
+  std::map<int, std::pair<int, double>> notice;       // rank -> (rank it masked first, arrival)
   std::map<int, std::pair<std::string, int>> masked;  // rank -> (final MaskedRanks, rounds after the death)
   std::map<int, double> masked_t;                     // rank -> arrival of that line (it was done)
   std::map<int, int> exit_code;                       // rank -> code (epx-run's "exited with code")
@@ -362,16 +360,16 @@ bool CheckMasked(const Cell& c, const CellOut& o, Row& row) {
     const double secs = n->second.second - o.t_event;
     row.worst = std::max(row.worst, secs);
     EXPECT_EQ(n->second.first, c.victim) << "rank " << r << " masked another rank first";
-    EXPECT_TRUE(secs >= -0.5 && secs <= kBound) << "rank " << r << " masked the victim " << secs
-                                                << " s after its death (bound " << kBound << " s)";
+    EXPECT_TRUE(secs >= -0.5 && secs <= kBound)
+        << "rank " << r << " masked the victim " << secs << " s after its death (bound " << kBound << " s)";
     ok = n->second.first == c.victim && secs >= -0.5 && secs <= kBound;
     auto m = o.masked.find(r);
-    const bool finished = m != o.masked.end() && m->second.first == std::to_string(c.victim) &&
-                          m->second.second == 3;
+    const bool finished =
+        m != o.masked.end() && m->second.first == std::to_string(c.victim) && m->second.second == 3;
     EXPECT_TRUE(finished) << "rank " << r << " did not finish 3 checked rounds with only the victim masked: "
-                          << (m == o.masked.end() ? "no 'masked' line"
-                                                  : fmt::format("masked [{}], {} rounds", m->second.first,
-                                                                m->second.second));
+                          << (m == o.masked.end()
+                                  ? "no 'masked' line"
+                                  : fmt::format("masked [{}], {} rounds", m->second.first, m->second.second));
     // epx-run names each rank's exit once a rank of its job failed (the victim's host); on the other host
     // its own exit code 0 says that every rank exited 0.
     auto code = o.exit_code.find(r);
@@ -419,10 +417,13 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
   for (int h = 0; h < 2; ++h) {
     auto it = o.rc.find(h);
     const bool victims = !cut && h == c.victim / 2;
-    const bool ok =
-        it != o.rc.end() && (victims ? it->second == 137 : c.mask ? it->second == 0 : it->second != 0);
+    const bool ok = it != o.rc.end() && (victims  ? it->second == 137
+                                         : c.mask ? it->second == 0
+                                                  : it->second != 0);
     EXPECT_TRUE(ok) << "host " << h << "'s epx-run exited " << (it == o.rc.end() ? -1 : it->second)
-                    << (victims ? ", expected 137" : c.mask ? ", expected 0" : ", expected non-zero");
+                    << (victims  ? ", expected 137"
+                        : c.mask ? ", expected 0"
+                                 : ", expected non-zero");
     if (victims) {
       const std::string want =
           fmt::format("epx-run: exit code 137: rank {} (pid {}) killed by SIGKILL", c.victim, o.victim_pid);
@@ -464,23 +465,21 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
     }
     const std::string& text = it->second.text;
     const double secs = it->second.t - o.t_event;
-    // Whom it must name as failed. Kill, a survivor on the victim's host: the victim (the process scan
-    // sees every rank of its host). Kill, a survivor on the other host: the victim, or a cascade: a rank
-    // that had failed before it (its FAILED line came first): a survivor that fails exits, and across hosts
-    // that may be what a rank sees first (the tables mark these). Cut: a rank of the other host, or a
-    // cascade (the process scan may name a rank of its own host that failed first).
+    // Whom it must name as failed. Kill: the victim, on both hosts (its host's process scan sees it; the
+    // other host hears of it by the death notice that scan sends before any survivor can fail and exit,
+    // transport/verbs/domain.h). Cut: a rank of the other host, or a cascade (the process scan may name a
+    // rank of its own host that failed first; nobody sees a death to send a notice about).
     const std::vector<Naming> named = NamedIn(text);
     auto failed_before = [&](int x) {
       auto f = o.failed.find(x);
       return x != c.victim && f != o.failed.end() && f->second.t < it->second.t;
     };
-    const bool remote = cut || r / 2 != c.victim / 2;
     auto first_choice = [&](const Naming& x) { return cut ? x.rank / 2 != r / 2 : x.rank == c.victim; };
     auto hit = std::find_if(named.begin(), named.end(), first_choice);
     const bool cascade =
-        hit == named.end() && remote && (hit = std::find_if(named.begin(), named.end(), [&](const Naming& x) {
-                                           return failed_before(x.rank);
-                                         })) != named.end();
+        hit == named.end() && cut && (hit = std::find_if(named.begin(), named.end(), [&](const Naming& x) {
+                                        return failed_before(x.rank);
+                                      })) != named.end();
     const bool right = hit != named.end();
     // A peer failure, not a timeout. One exception: on the host whose link went down, rxe fails the
     // rank's own work requests locally (IBV_WC_LOC_QP_OP_ERR, "transport error") naming the peer.
@@ -504,10 +503,8 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
                        << (named.empty() ? "no failed rank"
                                          : fmt::format("rank {} ({})", named[0].rank, named[0].how))
                        << ", expected "
-                       << (cut      ? "a rank of the other host"
-                           : remote ? fmt::format("rank {} or a rank that failed before it", c.victim)
-                                    : fmt::format("rank {}", c.victim))
-                       << ": " << text;
+                       << (cut ? "a rank of the other host" : fmt::format("rank {}", c.victim)) << ": "
+                       << text;
     EXPECT_TRUE(secs >= -0.5 && secs <= kBound)
         << "rank " << r << " failed " << secs << " s after the " << (cut ? "cut" : "death") << " (bound "
         << kBound << " s): " << text;
@@ -522,9 +519,10 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
 INSTANTIATE_TEST_SUITE_P(Cells, RxeFaultCell, ::testing::Range(0, static_cast<int>(MakeCells().size())),
                          [](const auto& info) {
                            const Cell c = MakeCells()[static_cast<size_t>(info.param)];
-                           return c.victim < 0 ? "link_cut"
-                                               : GtestName(fmt::format("{}{}_r{}_after{}", c.mask ? "masked_" : "",
-                                                                       c.point, c.victim, c.after));
+                           return c.victim < 0
+                                      ? "link_cut"
+                                      : GtestName(fmt::format("{}{}_r{}_after{}", c.mask ? "masked_" : "",
+                                                              c.point, c.victim, c.after));
                          });
 
 void PrintTable() {
@@ -533,11 +531,15 @@ void PrintTable() {
       "\nTwo hosts (two soft-RoCE guests, ranks 0,1 on host 0, 2,3 on host 1; EPX_RDMA=verbs, EPX_TIMEOUT={} "
       "s, bound {} s; times on the host's clock at the arrival of each line): seconds from the victim's "
       "SIGKILL (link cut: host 1's `ip link set eth0 down`) to each rank's error, and what it named: died = "
-      "the process scan (\"rank V (pid P, node n) died\"), probe = a failed verbs liveness probe (\"rank V "
-      "is unreachable\"), QP = a failed work request to or from it, TIMEOUT = the wait ran into its "
-      "deadline; masked cells: seconds to each survivor's mask notice, then until it had checked 3 more rounds "
-      "(remote = on the other host than the victim); \"probe r0\": it named rank 0, not the victim: \"(cascade)\" when rank 0 had failed before "
-      "(a survivor exits once it failed; accepted on the other host only), \"(wrong)\" otherwise. epx-run: "
+      "the process scan (\"rank V (pid P, node n) died\"), notice = the death notice of the victim's host "
+      "(\"rank V died on its host\"), probe = a failed verbs liveness probe (\"rank V is unreachable\"), QP "
+      "= a failed work request to or from it, TIMEOUT = the wait ran into its "
+      "deadline; masked cells: seconds to each survivor's mask notice, then until it had checked 3 more "
+      "rounds "
+      "(remote = on the other host than the victim); \"probe r0\": it named rank 0, not the victim: "
+      "\"(cascade)\" when rank 0 had failed before "
+      "(a survivor exits once it failed; accepted in the link-cut cell only), \"(wrong)\" otherwise. "
+      "epx-run: "
       "exit codes host 0 / host 1.\n\n",
       kTimeoutS, kBound);
   t += TableHead("cell", kRanks, {"max", "epx-run", "guests", "result"});

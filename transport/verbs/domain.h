@@ -6,7 +6,7 @@
 //   addressed as (peer, offset) with the peer's (addr, rkey) exchanged at setup;
 //   per channel: one send CQ and one RC QP per connected peer (the channel's thread owns them);
 //   one receive CQ shared by all data QPs, polled by whichever thread reads counters or immediates;
-//   per peer: one control QP (own CQ) that carries nothing but liveness probes.
+//   per peer: one control QP (own CQ) that carries nothing but liveness probes and death notices.
 //
 // Send-side rules (what keeps the SQ and the CQ from overflowing, and what Quiet relies on):
 //   * Posts append WRs to the QP's chain; a full chain, Flush or Quiet hands the whole chain to one
@@ -24,6 +24,16 @@
 //   * Failures are per QP (a dead peer breaks only its own QPs): the QP keeps its first error, posts to
 //     it return that error, and Flush/Quiet/Poll return it unless the peer is masked (MaskPeer), so a
 //     kernel that masked a dead rank keeps using the channel for everyone else.
+// Death notices: a rank's process scan (transport/liveness.h) sees a rank of its own host die within
+// ~50 ms; ranks of other hosts would only learn it from a probe or QP error after the transport retry
+// budget (seconds), by when the survivors of its host may have failed and exited too, so they would
+// name one of those (a cascade). So the scan's death listener (NotifyDeath) writes word `dead` of the
+// heap's ctl::kDeathNotice array of every connected peer of another host over its control QP, and waits
+// (bounded) for the acknowledgements before the death fails any wait of this process: RC acknowledges
+// a write once it is placed, so the notice is there even if this process exits right after. The slow
+// path of every wait reads the array (CheckNotices) and records a noticed death as the failure of that
+// rank; PeerFailureOf names a noticed death before any other failure (QP errors to the survivors that
+// exited are its cascade).
 // Receive side: every data QP keeps `rq_depth_` zero-length receives posted; a WRITE_WITH_IMM
 // (user immediate, IBV_WC_RECV_RDMA_WITH_IMM) or a SEND_WITH_IMM (emulated fetch-add, IBV_WC_RECV)
 // consumes one and it is re-posted at once. Telling the two apart by opcode leaves user immediates
@@ -60,7 +70,7 @@ constexpr uint32_t kCtrlDepth = 4;
 constexpr uint8_t kWantRdAtom = 16;
 
 // Operation tags carried in the WR id (for error messages: a failed WC has no valid opcode).
-enum Op : uint8_t { kOpWrite = 1, kOpWriteImm, kOpFetchAdd, kOpEmuAdd, kOpQuietMark, kOpProbe };
+enum Op : uint8_t { kOpWrite = 1, kOpWriteImm, kOpFetchAdd, kOpEmuAdd, kOpQuietMark, kOpProbe, kOpNotice };
 inline const char* OpName(uint8_t op) {
   switch (op) {
     case kOpWrite:
@@ -75,6 +85,8 @@ inline const char* OpName(uint8_t op) {
       return "quiet marker (zero-length write)";
     case kOpProbe:
       return "liveness probe (zero-length write)";
+    case kOpNotice:
+      return "death notice (8-byte write)";
     default:
       return "?";
   }
@@ -135,7 +147,8 @@ struct alignas(64) Channel {
 };
 
 struct ProbeState {
-  bool inflight = false;
+  bool inflight = false;  // a probe
+  int notices = 0;        // death notices in flight on the control QP
   Clock::time_point sent{};
   Clock::time_point last_ok{};
 };
@@ -154,9 +167,15 @@ class VerbsDomain final : public RdmaDomain {
         world_(ctx.world_size()),
         k_(o.channels),
         fail_seq_(static_cast<size_t>(ctx.world_size()), 0),
-        masked_(static_cast<size_t>(ctx.world_size()), 0) {}
+        masked_(static_cast<size_t>(ctx.world_size()), 0),
+        live_(ctx.shared_liveness()) {}
 
   Status Init();
+  ~VerbsDomain() override {
+    // Through live_, not ctx_: a buffer may be destroyed after its Context (statics outlive main()).
+    if (death_listener_ != 0) live_->RemoveDeathListener(death_listener_);
+    if (cause_source_ != 0) live_->RemoveDeathListener(cause_source_);
+  }
 
   const RdmaCaps& caps() const override { return caps_; }
   int num_channels() const override { return k_; }
@@ -408,6 +427,30 @@ class VerbsDomain final : public RdmaDomain {
   // claims it) and collects probe completions. True once a peer is known failed.
   bool ProbeIfDue();
   void ProbeTick(bool send);
+  // A control-QP completion (probe_mu_ held): a probe's or notice's failure is its peer's.
+  void OnCtrlCompletion(const ibv_wc& wc, Clock::time_point now);
+  // Death notices ("Death notices" above): the liveness listener, and the slow-path check.
+  void NotifyDeath(int dead);
+  void CheckNotices();
+  // The unmasked rank other than `except` whose death notice was recorded first, or -1 (health_mu_ held).
+  int EarliestNoticeLocked(int except) const;
+  // CheckNotices, then whether an unmasked rank is known dead by a death notice.
+  bool AnyNoticedDeath();
+  // CheckNotices, then the message of the earliest unmasked noticed death, or "".
+  std::string NoticedCause();
+  // Slow path of a send-side wait on `peer` (unmasked): its death notice as the error, if it has one.
+  template <typename Waiting>
+  Status NoticedDeath(int peer, Waiting&& waiting) {
+    CheckNotices();
+    if (Masked(peer)) return Status::Ok();
+    Status why;
+    {
+      std::lock_guard<std::mutex> g(health_mu_);
+      if (!by_notice_[static_cast<size_t>(peer)]) return Status::Ok();
+      why = peer_status_[static_cast<size_t>(peer)];
+    }
+    return Status(why.code(), why.message()).With(waiting());  // logged once, where CheckNotices recorded it
+  }
   std::string ProbeSummary();
   Status BadChannel(int ch) const {
     return EPX_ERROR(kInvalidArgument, "rdma(verbs): channel {} not in 0..{}", ch, k_ - 1);
@@ -424,6 +467,7 @@ class VerbsDomain final : public RdmaDomain {
    public:
     explicit Health(VerbsDomain& d) : d_(d) {}
     bool PeerDead() override { return d_.ProbeIfDue(); }
+    bool PeerReportedDead() override { return d_.AnyNoticedDeath(); }
     Status PeerFailure(std::string_view what, std::string_view waiting) override {
       return d_.PeerFailureOf(-1, what, waiting);
     }
@@ -472,10 +516,16 @@ class VerbsDomain final : public RdmaDomain {
   // that fail waits: failed peers that are not masked, and this rank's own CQ failure (index me_).
   std::atomic<int> failing_{0};
   std::mutex health_mu_;
-  std::vector<Status> peer_status_;  // world-sized; non-OK = failed
-  std::vector<uint64_t> fail_seq_;   // world-sized; order in which peer_status_ entries failed (1, 2, ..)
-  uint64_t failures_ = 0;            // failures recorded so far (guarded by health_mu_)
-  std::vector<uint8_t> masked_;      // world-sized; MaskPeer (atomic byte access)
+  std::vector<Status> peer_status_;     // world-sized; non-OK = failed
+  std::vector<uint64_t> fail_seq_;      // world-sized; order in which peer_status_ entries failed (1, 2, ..)
+  uint64_t failures_ = 0;               // failures recorded so far (guarded by health_mu_)
+  std::vector<uint8_t> masked_;         // world-sized; MaskPeer (atomic byte access)
+  std::vector<uint8_t> by_notice_;      // world-sized; the failure came from a death notice (health_mu_)
+  std::vector<uint8_t> same_host_;      // world-sized; this host's ranks (and me_): no notices about them
+  std::vector<uint8_t> noticed_;        // world-sized; CheckNotices recorded it (atomic byte access)
+  std::shared_ptr<PeerLiveness> live_;  // ctx_'s, kept alive for the destructor
+  int death_listener_ = 0;              // PeerLiveness listener id, 0 = none
+  int cause_source_ = 0;                // PeerLiveness cause source id, 0 = none
   std::mutex probe_mu_;
   std::vector<ProbeState> probe_;       // world-sized
   std::atomic<int64_t> next_probe_{0};  // steady_clock ticks: the next probe round is due at/after it

@@ -20,7 +20,7 @@ Status VerbsDomain::MakeRoom(Channel& c, SendQp& q) {
   for (uint32_t i = 0; q.posted + 1 - q.completed > sq_depth_; ++i) {
     EPX_RETURN_IF_ERROR(PollSend(c));
     if (q.failed) [[unlikely]]
-      return q.error;  // its WRs complete (flushed) anyway, but nothing posted to it would arrive
+      return q.error;   // its WRs complete (flushed) anyway, but nothing posted to it would arrive
     TryProgressRecv();  // the peer may be blocked on us the same way (RNR): keep our receives posted
     if ((i & 63) == 63 && d.Expired())
       return EPX_ERROR(
@@ -28,7 +28,13 @@ Status VerbsDomain::MakeRoom(Channel& c, SendQp& q) {
           "rdma(verbs): rank {}: send queue of QP 0x{:x} (rank {}, channel {}) stayed full ({} WRs in "
           "flight) for {} ms",
           me_, q.qpn, q.peer, q.ch, q.posted - q.completed, opts_.timeout_ms);
-    // Slow path: a dead peer of this host is named by the process scan (see Quiet).
+    // Slow path: a dead peer of this host is named by the process scan (see Quiet), one of another host
+    // by its death notice.
+    if ((i & 63) == 63 && b.sleeping()) [[unlikely]]
+      EPX_RETURN_IF_ERROR(NoticedDeath(q.peer, [&] {
+        return fmt::format("rdma(verbs): rank {}: send queue of QP 0x{:x} (rank {}, channel {}) full", me_,
+                           q.qpn, q.peer, q.ch);
+      }));
     if ((i & 63) == 63 && b.sleeping() && q.posted + 1 - q.completed > sq_depth_ &&
         ctx_.liveness().PeerDead()) [[unlikely]]
       return ctx_.liveness().PeerFailure(
@@ -102,10 +108,20 @@ void VerbsDomain::OnSendError(SendQp& q, uint8_t op, const ibv_wc& wc) {
                         ? Code::kPeerFailure
                         : Code::kTransport;
   q.failed = true;
-  std::string msg =
-      fmt::format("rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
-                  OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
-                  wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_));
+  std::string msg = fmt::format(
+      "rdma {} from rank {} to rank {} failed on channel {} (QP 0x{:x}, {}): {}, vendor_err 0x{:x}{}",
+      OpName(op), me_, q.peer, q.ch, q.qpn, WrOpcodeName(OpOpcode(op)), WcStatusText(wc.status),
+      wc.vendor_err, FailureHint(wc.status, q.peer, timeout_, retry_));
+  // A rank already known dead by a death notice is the likely cause (the survivors of its host fail and
+  // exit after it, breaking their QPs): say so first. The notice reached this heap before any such exit
+  // (NotifyDeath waits for its acknowledgement), so it is read here in time.
+  CheckNotices();
+  {
+    std::lock_guard<std::mutex> g(health_mu_);
+    const int first = EarliestNoticeLocked(q.peer);
+    if (first >= 0)
+      msg = fmt::format("{}; then: {}", peer_status_[static_cast<size_t>(first)].message(), msg);
+  }
   // Every QP keeps its own error to return, but a peer that is already known to have failed (another
   // channel, a receive, a probe) was logged there: this is its echo, not a new error.
   q.error = PeerKnownFailed(q.peer) ? Status(code, std::move(msg))
@@ -180,7 +196,16 @@ Status VerbsDomain::Quiet(int ch) {
                        me_, opts_.timeout_ms, p);
     }
     // Slow path: a peer on this host killed mid-quiet is named by the process scan at once (its QPs
-    // fail only after the transport retry budget). A remote peer's QP fails by itself (RETRY_EXC_ERR).
+    // fail only after the transport retry budget). A remote peer's QP fails by itself (RETRY_EXC_ERR),
+    // or earlier, by the death notice of its host.
+    if ((i & 63) == 63 && b.sleeping()) [[unlikely]] {
+      for (const SendQp* q : c.qps)
+        if (q->completed < q->posted)
+          EPX_RETURN_IF_ERROR(NoticedDeath(q->peer, [&] {
+            return fmt::format("rdma quiet on channel {}: rank {} waiting for completions from {}", ch, me_,
+                               pending());
+          }));
+    }
     if ((i & 63) == 63 && b.sleeping() && ctx_.liveness().PeerDead()) [[unlikely]] {
       EPX_RETURN_IF_ERROR(PollSend(c));
       std::string p = pending();
@@ -295,6 +320,7 @@ Status VerbsDomain::PeerFailure(std::string_view what, size_t off, uint64_t targ
 }
 
 Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string_view waiting) {
+  CheckNotices();  // a notice may explain the failure this wait saw (see OnSendError)
   // Which failure to report: the peer the wait is for, if it failed; else the first one recorded. A
   // dead rank's survivors fail and exit in turn, so later failures (probes to them, flushed QPs) are
   // often a cascade of the first: naming the lowest-index failed rank named the wrong one.
@@ -307,7 +333,14 @@ Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string
       return !peer_status_[i].ok() && (static_cast<int>(i) == me_ || !Masked(static_cast<int>(i)));
     };
     size_t best = peer_status_.size();
-    if (prefer >= 0 && prefer < world_ && counts(static_cast<size_t>(prefer))) best = static_cast<size_t>(prefer);
+    // A death notice names the cause itself (a process found dead on its host): it goes first, whatever
+    // the wait was for (the failures of the survivors that exited after it are its cascade).
+    if (const int n = EarliestNoticeLocked(-1); n >= 0) {
+      prefer = n;
+      best = static_cast<size_t>(n);
+    } else if (prefer >= 0 && prefer < world_ && counts(static_cast<size_t>(prefer))) {
+      best = static_cast<size_t>(prefer);
+    }
     for (size_t i = 0; best != static_cast<size_t>(prefer) && i < peer_status_.size(); ++i)
       if (counts(i) && (best == peer_status_.size() || fail_seq_[i] < fail_seq_[best])) best = i;
     if (best == peer_status_.size()) {
@@ -331,6 +364,7 @@ Status VerbsDomain::PeerFailureOf(int prefer, std::string_view what, std::string
 }
 
 bool VerbsDomain::ProbeIfDue() {
+  CheckNotices();
   if (failing_.load(std::memory_order_acquire) > 0) return true;
   // One probe round per interval for the whole domain, whichever thread's wait is due first.
   const int64_t now = Clock::now().time_since_epoch().count();
@@ -355,31 +389,14 @@ void VerbsDomain::ProbeTick(bool send) {
   const auto now = Clock::now();
   for (;;) {
     const int n = ibv_poll_cq(ctrl_cq_.get(), kPollBatch, wc);
-    for (int i = 0; i < n; ++i) {
-      SendQp& q = *sqp_[static_cast<size_t>(wc[i].wr_id >> kIndexShift)];
-      ProbeState& p = probe_[static_cast<size_t>(q.peer)];
-      p.inflight = false;
-      if (wc[i].status == IBV_WC_SUCCESS) {
-        p.last_ok = now;
-      } else if (!PeerKnownFailed(q.peer)) {  // a probe in flight when the peer failed otherwise: its echo
-        MarkPeerFailed(
-            q.peer,
-            internal::MakeError(
-                Code::kPeerFailure, __FILE__, __LINE__,
-                fmt::format("rank {} is unreachable: liveness probe from rank {} (control "
-                            "QP 0x{:x}) failed after {} ms: {}{}",
-                            q.peer, me_, q.qpn,
-                            std::chrono::duration_cast<std::chrono::milliseconds>(now - p.sent).count(),
-                            WcStatusText(wc[i].status),
-                            FailureHint(wc[i].status, q.peer, timeout_, retry_))));
-      }
-    }
+    for (int i = 0; i < n; ++i) OnCtrlCompletion(wc[i], now);
     if (n < kPollBatch) break;
   }
   if (!send) return;
   for (int peer : peers_) {
     ProbeState& p = probe_[static_cast<size_t>(peer)];
     if (p.inflight || Masked(peer)) continue;  // a probe in flight to a dead peer holds up QP teardown
+    if (1 + p.notices > static_cast<int>(kCtrlDepth)) continue;  // the control SQ is full
     {
       std::lock_guard<std::mutex> h(health_mu_);
       if (!peer_status_[static_cast<size_t>(peer)].ok()) continue;  // already known dead
@@ -397,6 +414,137 @@ void VerbsDomain::ProbeTick(bool send) {
       p.sent = now;
     }
   }
+}
+
+void VerbsDomain::OnCtrlCompletion(const ibv_wc& wc, Clock::time_point now) {
+  SendQp& q = *sqp_[static_cast<size_t>(wc.wr_id >> kIndexShift)];
+  const auto op = static_cast<uint8_t>((wc.wr_id >> kOpShift) & 0xf);
+  ProbeState& p = probe_[static_cast<size_t>(q.peer)];
+  if (op == kOpNotice)
+    --p.notices;
+  else
+    p.inflight = false;
+  if (wc.status == IBV_WC_SUCCESS) {
+    if (op == kOpProbe) p.last_ok = now;
+    return;
+  }
+  if (PeerKnownFailed(q.peer)) return;  // in flight when the peer failed otherwise: its echo
+  MarkPeerFailed(
+      q.peer,
+      internal::MakeError(
+          Code::kPeerFailure, __FILE__, __LINE__,
+          fmt::format(
+              "rank {} is unreachable: {} from rank {} (control QP 0x{:x}) failed{}: {}{}", q.peer,
+              op == kOpNotice ? "death notice" : "liveness probe", me_, q.qpn,
+              op == kOpNotice
+                  ? ""
+                  : fmt::format(" after {} ms",
+                                std::chrono::duration_cast<std::chrono::milliseconds>(now - p.sent).count()),
+              WcStatusText(wc.status), FailureHint(wc.status, q.peer, timeout_, retry_))));
+}
+
+void VerbsDomain::NotifyDeath(int dead) {
+  if (dead < 0 || dead >= world_ || static_cast<size_t>(dead) >= ctl::kDeathNoticeRanks) return;
+  // A death on this host after a death notice from another host is most likely its cascade (a survivor
+  // that failed and exited): telling the other hosts would only make them name it instead of the cause.
+  if (AnyNoticedDeath()) return;
+  const size_t off = ctl::kDeathNotice + 8 * static_cast<size_t>(dead);
+  // The write's source is this rank's own word for `dead`: no one else writes it (notices about a rank
+  // go only to hosts other than its own, and this is its host) and CheckNotices skips this host's ranks.
+  __atomic_store_n(reinterpret_cast<uint64_t*>(heap_.base() + off), static_cast<uint64_t>(me_) + 1,
+                   __ATOMIC_RELAXED);
+  std::lock_guard<std::mutex> g(probe_mu_);  // the control QPs and their CQ
+  int posted = 0;
+  for (int peer : peers_) {
+    const auto i = static_cast<size_t>(peer);
+    ProbeState& p = probe_[i];
+    if (same_host_[i] || Masked(peer) || PeerKnownFailed(peer)) continue;
+    if ((p.inflight ? 1 : 0) + p.notices + 1 > static_cast<int>(kCtrlDepth)) continue;  // SQ full
+    SendQp& q = *sqp_[static_cast<size_t>(ctrl_slot_[i])];
+    ibv_sge sge{reinterpret_cast<uint64_t>(heap_.base() + off), 8, heap_mr_->lkey};
+    ibv_send_wr w{};
+    w.wr_id = WrId(q.index, kOpNotice, 0);
+    w.sg_list = &sge;
+    w.num_sge = 1;
+    w.opcode = IBV_WR_RDMA_WRITE;
+    w.send_flags = IBV_SEND_SIGNALED;
+    w.wr.rdma.remote_addr = q.rbase + off;
+    w.wr.rdma.rkey = q.rkey;
+    ibv_send_wr* bad = nullptr;
+    if (ibv_post_send(q.qp, &w, &bad) == 0) {
+      ++p.notices;
+      ++posted;
+    }
+  }
+  if (posted == 0) return;
+  // Until every notice is acknowledged (placed in the peer's heap) or failed; bounded: a peer that does
+  // not answer is found by its probes, and the death must not wait on it.
+  const Deadline d = Deadline::After(std::chrono::milliseconds(std::min<int64_t>(opts_.timeout_ms / 4, 300)));
+  ibv_wc wc[kPollBatch];
+  Backoff b;
+  for (;;) {
+    const int n = ibv_poll_cq(ctrl_cq_.get(), kPollBatch, wc);
+    for (int i = 0; i < n; ++i) OnCtrlCompletion(wc[i], Clock::now());
+    int left = 0;
+    for (int peer : peers_) left += probe_[static_cast<size_t>(peer)].notices;
+    if (left == 0 || d.Expired()) {
+      EPX_DEBUG("rdma(verbs): rank {}: death of rank {} told to {} peer(s) of other hosts, {} unacknowledged",
+                me_, dead, posted, left);
+      return;
+    }
+    if (n == 0) b.Pause();
+  }
+}
+
+void VerbsDomain::CheckNotices() {
+  if (same_host_.empty()) return;  // Init has not finished
+  const int n = static_cast<int>(std::min<size_t>(static_cast<size_t>(world_), ctl::kDeathNoticeRanks));
+  for (int r = 0; r < n; ++r) {
+    const auto i = static_cast<size_t>(r);
+    if (same_host_[i] || __atomic_load_n(&noticed_[i], __ATOMIC_RELAXED)) continue;
+    const uint64_t v = __atomic_load_n(
+        reinterpret_cast<const uint64_t*>(heap_.base() + ctl::kDeathNotice + 8 * i), __ATOMIC_ACQUIRE);
+    if (v == 0) continue;
+    __atomic_store_n(&noticed_[i], uint8_t{1}, __ATOMIC_RELAXED);
+    // v was written by a peer: only printed (as a rank when it is one).
+    const std::string from = v - 1 < static_cast<uint64_t>(world_) ? fmt::format("rank {}", v - 1)
+                                                                   : fmt::format("an invalid sender ({})", v);
+    std::lock_guard<std::mutex> g(health_mu_);
+    if (!peer_status_[i].ok()) continue;
+    peer_status_[i] = internal::MakeError(
+        Code::kPeerFailure, __FILE__, __LINE__,
+        fmt::format(
+            "rank {} died on its host (death notice from {} of that host, which saw it with its process "
+            "scan; received by rank {})",
+            r, from, me_));
+    fail_seq_[i] = ++failures_;
+    by_notice_[i] = 1;
+    CountFailing();
+  }
+}
+
+int VerbsDomain::EarliestNoticeLocked(int except) const {
+  int first = -1;
+  for (size_t i = 0; i < by_notice_.size(); ++i)
+    if (by_notice_[i] && !Masked(static_cast<int>(i)) && static_cast<int>(i) != except &&
+        (first < 0 || fail_seq_[i] < fail_seq_[static_cast<size_t>(first)]))
+      first = static_cast<int>(i);
+  return first;
+}
+
+bool VerbsDomain::AnyNoticedDeath() {
+  CheckNotices();
+  if (failing_.load(std::memory_order_acquire) == 0) return false;
+  std::lock_guard<std::mutex> g(health_mu_);
+  return EarliestNoticeLocked(-1) >= 0;
+}
+
+std::string VerbsDomain::NoticedCause() {
+  CheckNotices();
+  if (failing_.load(std::memory_order_acquire) == 0) return "";
+  std::lock_guard<std::mutex> g(health_mu_);
+  const int first = EarliestNoticeLocked(-1);
+  return first < 0 ? std::string() : peer_status_[static_cast<size_t>(first)].message();
 }
 
 std::string VerbsDomain::ProbeSummary() {
@@ -432,6 +580,7 @@ Status VerbsDomain::WaitCounter(size_t off, uint64_t target, std::string_view wh
     if ((i & 63) == 63) [[unlikely]] {
       if (cancel != nullptr && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0)
         return Status(Code::kFailedPrecondition, "cancelled");
+      CheckNotices();
       if (failing_.load(std::memory_order_acquire) > 0) return PeerFailure(what, off, target, writer);
       // Slow path (the back-off sleeps). Peers of this host (several logical nodes over soft-RoCE or
       // a NIC in loopback) are watched by the Context's process scan, which names a killed one within

@@ -149,6 +149,15 @@ Status VerbsDomain::Init() {
   caps_.device = dev_.Describe() + ", " + connect;
   caps_.native_atomics = native_atomics_;
 
+  // Death notices (domain.h): heard from this host's process scan, sent to the connected peers of other
+  // hosts (whose heaps this rank does not map).
+  by_notice_.assign(static_cast<size_t>(world_), 0);
+  noticed_.assign(static_cast<size_t>(world_), 0);
+  same_host_.assign(static_cast<size_t>(world_), 0);
+  for (int r = 0; r < world_; ++r) same_host_[static_cast<size_t>(r)] = r == me_ || heap_.IsMapped(r);
+  death_listener_ = ctx_.liveness().AddDeathListener([this](int dead) { NotifyDeath(dead); });
+  cause_source_ = ctx_.liveness().AddCauseSource([this] { return NoticedCause(); });
+
   static std::atomic<bool> logged{false};
   if (!logged.exchange(true))
     EPX_INFO(
