@@ -152,25 +152,29 @@ StatusOr<NormalConfig> AgreeOnConfig(Context& ctx, const NormalConfig& cfg, cons
 }
 
 // A zero-copy call: one node, a buffer with zero-copy inputs, and the rows at the start of the right one.
-Status CheckZeroCopy(const NormalState& st, const void* data, size_t bytes, size_t region_off, size_t region_bytes,
-                     const char* what, const char* buffer_name) {
+Status CheckZeroCopy(const NormalState& st, const void* data, size_t bytes, size_t region_off,
+                     size_t region_bytes, const char* what, const char* buffer_name) {
   const NormalPlan& P = st.plan;
   if (P.NN > 1)
-    return EPX_ERROR(kUnsupported,
-                     "{}: zero_copy needs all ranks on one node (node peers read the rows over shared memory); "
-                     "this buffer spans {} nodes",
-                     what, P.NN);
+    return EPX_ERROR(
+        kUnsupported,
+        "{}: zero_copy needs all ranks on one node (node peers read the rows over shared memory); "
+        "this buffer spans {} nodes",
+        what, P.NN);
   if (std::find(st.masked.begin(), st.masked.end(), 1) != st.masked.end())
-    return EPX_ERROR(kUnsupported, "{}: zero_copy with a masked rank (the call ends with a node barrier)", what);
+    return EPX_ERROR(kUnsupported, "{}: zero_copy with a masked rank (the call ends with a node barrier)",
+                     what);
   if (P.lim.max_zero_copy_tokens == 0)
-    return EPX_ERROR(kInvalidArgument, "{}: zero_copy, but the buffer has no zero-copy inputs "
-                     "(NormalLimits::max_zero_copy_tokens = 0)", what);
+    return EPX_ERROR(kInvalidArgument,
+                     "{}: zero_copy, but the buffer has no zero-copy inputs "
+                     "(NormalLimits::max_zero_copy_tokens = 0)",
+                     what);
   if (data != st.heap() + region_off && bytes > 0)
     return EPX_ERROR(kInvalidArgument, "{}: zero_copy, but the rows do not start at {}()", what, buffer_name);
   if (bytes > region_bytes)
     return EPX_ERROR(kInvalidArgument,
-                     "{}: zero_copy rows take {} bytes, {}() holds {} (max_zero_copy_tokens = {})", what, bytes,
-                     buffer_name, region_bytes, P.lim.max_zero_copy_tokens);
+                     "{}: zero_copy rows take {} bytes, {}() holds {} (max_zero_copy_tokens = {})", what,
+                     bytes, buffer_name, region_bytes, P.lim.max_zero_copy_tokens);
   return Status::Ok();
 }
 
@@ -179,11 +183,27 @@ Status CheckUsable(const NormalState& st, const NormalHandle* h, const char* wha
   if (st.broken) return EPX_ERROR(kFailedPrecondition, "{}: an earlier call on this buffer failed", what);
   if (h && h->buffer_id != st.id)
     return EPX_ERROR(kInvalidArgument, "{}: the handle was not made by this buffer", what);
+  for (int n = 0; n < st.plan.NN && st.plan.NN > 1; ++n) {
+    std::string masked, live;  // "2,3"
+    for (int l = 0; l < st.plan.L; ++l) {
+      const int r = st.RankOf(n, l);
+      std::string& list = st.masked[r] ? masked : live;
+      list += fmt::format("{}{}", list.empty() ? "" : ",", r);
+    }
+    if (!masked.empty() && !live.empty())
+      return EPX_ERROR(
+          kUnsupported,
+          "{}: node {} has masked rank(s) {} and live rank(s) {}: with several nodes, normal mode masks "
+          "whole nodes (each rank is its node's only RDMA entry for its local index): mask {} too, or "
+          "use the low-latency buffer to mask single ranks",
+          what, n, masked, live, live);
+  }
   if (h && h->mask_epoch != st.mask_epoch)
-    return EPX_ERROR(kFailedPrecondition,
-                     "{}: the rank mask changed since the handle's dispatch (its routing includes or skips other "
-                     "ranks): dispatch again",
-                     what);
+    return EPX_ERROR(
+        kFailedPrecondition,
+        "{}: the rank mask changed since the handle's dispatch (its routing includes or skips other "
+        "ranks): dispatch again",
+        what);
   return Status::Ok();
 }
 
@@ -246,15 +266,19 @@ Status NormalBuffer::MaskRank(int rank) {
   if (rank < 0 || rank >= P.R)
     return EPX_ERROR(kInvalidArgument, "normal mask: rank {} not in 0..{}", rank, P.R - 1);
   if (rank == st.rank) return EPX_ERROR(kInvalidArgument, "normal mask: rank {} cannot mask itself", rank);
-  if (P.NN > 1)
-    return EPX_ERROR(kUnsupported,
-                     "normal mask: rank {} forwards node {}'s traffic for local index {} (several nodes): masking "
-                     "in normal mode is for one node; use the low-latency buffer's masking across nodes",
-                     rank, rank / P.L, rank % P.L);
+  if (P.NN > 1 && rank / P.L == st.node)
+    return EPX_ERROR(
+        kUnsupported,
+        "normal mask: rank {} is on this rank's node {}: with several nodes, normal mode masks whole "
+        "nodes (a lost host), since each rank is its node's only RDMA entry for its local index; "
+        "use the low-latency buffer to mask a single rank",
+        rank, st.node);
   if (!st.masked[rank]) {
     st.masked[rank] = 1;
     st.masked_at[rank] = st.calls;
     ++st.mask_epoch;
+    // Our RDMA peer on that node: no wait, flush or probe is for it any more (transport/rdma.h).
+    if (st.rdma && rank % P.L == st.local) st.rdma->MaskPeer(rank, true);
   }
   return Status::Ok();
 }
@@ -265,12 +289,14 @@ Status NormalBuffer::UnmaskRank(int rank) {
     return EPX_ERROR(kInvalidArgument, "normal unmask: rank {} not in 0..{}", rank, st.plan.R - 1);
   if (!st.masked[rank]) return Status::Ok();
   if (st.calls != st.masked_at[rank])
-    return EPX_ERROR(kFailedPrecondition,
-                     "normal unmask: rank {} was skipped by {} call(s) of this buffer, so its rings and count "
-                     "tables are out of step: re-admit it by creating the NormalBuffer again on every rank",
-                     rank, st.calls - st.masked_at[rank]);
+    return EPX_ERROR(
+        kFailedPrecondition,
+        "normal unmask: rank {} was skipped by {} call(s) of this buffer, so its rings and count "
+        "tables are out of step: re-admit it by creating the NormalBuffer again on every rank",
+        rank, st.calls - st.masked_at[rank]);
   st.masked[rank] = 0;
   ++st.mask_epoch;
+  if (st.rdma && rank % st.plan.L == st.local) st.rdma->MaskPeer(rank, false);
   return Status::Ok();
 }
 
@@ -332,6 +358,7 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
       if (n != st->node) ro.peers.push_back(st->RankOf(n, st->local));
     EPX_ASSIGN_OR_RETURN(st->rdma, CreateRdmaDomain(ctx, ro));
     EPX_ASSIGN_OR_RETURN(st->notify_base, st->rdma->ReadCounter(P.NotifyCounter()));
+    st->notify_target = st->notify_base;
   }
   st->channels.resize(P.C);
   for (int c = 0; c < P.C; ++c) EPX_RETURN_IF_ERROR(BuildRings(*st, c, st->channels[c]));
@@ -367,8 +394,8 @@ Status NormalBuffer::Dispatch(const DispatchInput& in, DispatchOutput* out, Norm
   EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_idx.size(), nk, "topk_idx [N, K]"));
   EPX_RETURN_IF_ERROR(CheckSize("normal dispatch", in.topk_weights.size(), nk, "topk_weights [N, K]"));
   if (in.zero_copy)
-    EPX_RETURN_IF_ERROR(
-        CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "normal dispatch", "DispatchInputBuffer"));
+    EPX_RETURN_IF_ERROR(CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "normal dispatch",
+                                      "DispatchInputBuffer"));
   EPX_ASSIGN_OR_RETURN(DispatchLayout layout, ComputeLayout(in.topk_idx, in.num_tokens, in.topk,
                                                             ExpertPlacement{in.num_experts, P.R, P.L}));
   // Masked ranks get nothing: as if no top-k slot named their experts (the routing, the counts and with
@@ -388,9 +415,9 @@ Status NormalBuffer::Dispatch(const DispatchInput& in, DispatchOutput* out, Norm
   h.num_tokens = in.num_tokens;
   h.is_token_in_rank = std::move(layout.is_token_in_rank);
   h.mask_epoch = st.mask_epoch;
-  Status s = ExchangeCounts(st, layout.tokens_per_expert,
-                            ShapeSignature(in.hidden, in.dtype, in.topk, in.num_experts) ^ (in.zero_copy ? 0x5a000000u : 0u),
-                            &h);
+  Status s = ExchangeCounts(
+      st, layout.tokens_per_expert,
+      ShapeSignature(in.hidden, in.dtype, in.topk, in.num_experts) ^ (in.zero_copy ? 0x5a000000u : 0u), &h);
   if (!s.ok()) {
     // A shape mismatch is found by every rank after a complete exchange, before any ring moved: the
     // buffer stays usable. Anything else (a timeout) leaves peers mid-exchange.
@@ -414,8 +441,8 @@ Status NormalBuffer::Dispatch(const NormalHandle& h, const DispatchInput& in, Di
     return EPX_ERROR(kInvalidArgument, "cached dispatch: {} tokens, the handle routes {}", in.num_tokens,
                      h.num_tokens);
   if (in.zero_copy)
-    EPX_RETURN_IF_ERROR(
-        CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "cached dispatch", "DispatchInputBuffer"));
+    EPX_RETURN_IF_ERROR(CheckZeroCopy(st, in.x.data(), in.x.size(), P.ZcX(), P.ZcXBytes(), "cached dispatch",
+                                      "DispatchInputBuffer"));
   return RunDispatch(st, in, h, nullptr, out);
 }
 

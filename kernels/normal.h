@@ -115,13 +115,15 @@ class NormalBuffer {
   // Sends y back along the handle's routes and reduces (order: include/epx/normal.h).
   Status Combine(const NormalHandle& handle, const CombineInput& in, CombineOutput* out);
 
-  // Rank masking (one node): the masked rank takes no part in later calls: tokens routed to its experts
+  // Rank masking: the masked rank takes no part in later calls: tokens routed to its experts
   // are dropped (they reach the other ranks of their top-k as usual), it sends nothing, nobody waits for
   // it; results equal the reference of the problem without it (its tokens gone, its experts' top-k slots
   // -1). Every other rank must mask it before the same call, and the masked rank must make no more calls
   // on this buffer. Between calls only. A handle made before a mask change is refused afterwards.
   // UnmaskRank: only before a call skipped it (re-admission: a new buffer on every rank). Several nodes:
-  // kUnsupported (the masked rank would be the only path into its node for its same-index peers).
+  // whole nodes only (a lost host): each rank is its node's only RDMA entry for its local index, so a
+  // node with masked and live ranks fails the next call with kUnsupported (mask the rest, or use the
+  // low-latency buffer, which masks single ranks), and masking a rank of one's own node is refused.
   Status MaskRank(int rank);
   Status UnmaskRank(int rank);
   std::vector<int> MaskedRanks() const;

@@ -10,8 +10,12 @@
 //
 // Visibility: a row's body is put first, then its 8-byte stamp (= the exchange's epoch) with a release
 // store; a reader acquire-loads the stamp. RDMA blocks are signalled (write, then a fetch-add of the
-// receiver's arrival counter on the same QP), and the arrival counter is cumulative: after exchange e
-// it has grown by e*(NN-1) since creation.
+// receiver's arrival counter on the same QP), and the arrival counter is cumulative: each exchange adds
+// one per live remote node (NormalState::notify_target keeps the sum).
+//
+// Masked nodes (several nodes: NormalBuffer::MaskRank masks whole nodes): no block goes to a masked
+// node and none is awaited from it; its inbox block here is zeroed, so its node row reads "no tokens to
+// forward" and its ranks' rows are the zero rows written below for every masked source.
 //
 // Reuse without barriers: tables, inboxes and outboxes have two copies, chosen by the epoch's parity.
 // A writer fills copy p in exchange e+2 only after finishing exchange e+1, which needed a row from
@@ -77,19 +81,26 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
     for (int c = 0; c < C; ++c) node_row.chan()[c] = node_chan[c * NN + n];
     if (n == b) {
       for (int l = 0; l < L; ++l)
-        if (!st.masked[st.RankOf(b, l)]) EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
-    } else {
+        if (!st.masked[st.RankOf(b, l)])
+          EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
+    } else if (!st.NodeMasked(n)) {
       EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Outbox(p, n), P.Inbox(p, b),
                                           (L + 1) * P.count_row, P.NotifyCounter(), 1));
     }
   }
   if (NN > 1) {
     EPX_RETURN_IF_ERROR(st.rdma->Flush(0));
+    for (int a = 0; a < NN; ++a)
+      if (a != b && !st.NodeMasked(a)) ++st.notify_target;
     EPX_RETURN_IF_ERROR(
-        st.rdma->WaitCounter(P.NotifyCounter(), st.notify_base + e * (NN - 1),
+        st.rdma->WaitCounter(P.NotifyCounter(), st.notify_target,
                              "normal dispatch count exchange (blocks from same-index ranks)"));
     for (int a = 0; a < NN; ++a) {
       if (a == b) continue;
+      if (st.NodeMasked(a)) {  // nothing came (nor will): its block reads "no tokens" (DecodeNodeRows)
+        std::memset(st.heap() + P.Inbox(p, a), 0, (L + 1) * P.count_row);
+        continue;
+      }
       const uint8_t* box = st.heap() + P.Inbox(p, a);
       for (int l = 0; l < L; ++l)
         EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), st.RankOf(a, g), box + l * P.count_row));
@@ -97,7 +108,7 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
     EPX_RETURN_IF_ERROR(st.rdma->Quiet(0));  // outbox copy p is rewritten two exchanges later
   }
 
-  // A masked source sends nothing (NormalBuffer::MaskRank, one node): its row here reads "no tokens",
+  // A masked source sends nothing (NormalBuffer::MaskRank): its row here reads "no tokens",
   // written by this rank itself (the masked rank makes no calls, so nobody else writes it).
   for (int s = 0; s < R; ++s) {
     if (!st.masked[s]) continue;

@@ -42,13 +42,16 @@ struct NormalState {
   int64_t timeout_ms = 60000;
   std::unique_ptr<RdmaDomain> rdma;  // several nodes only
   uint64_t notify_base = 0;          // NotifyCounter at creation
+  uint64_t notify_target = 0;        // NotifyCounter after the last exchange's blocks (grows by the live
+                                     // remote nodes of each exchange: masked nodes send none)
   uint64_t epoch = 0;                // count exchanges done
   std::vector<ChannelRings> channels;
   std::unique_ptr<WorkerPool> pool;
   BackoffPolicy idle;   // channel threads' back-off: the generic one with cfg.idle_yields yields
   bool broken = false;  // a call failed midway: rings are in an unknown state
-  // Masking (NormalBuffer::MaskRank, one node): masked[r] != 0 -> r gets no tokens, sends none, and no
-  // wait is for it. Changed only between calls, by the caller's thread.
+  // Masking (NormalBuffer::MaskRank): masked[r] != 0 -> r gets no tokens, sends none, and no wait is for
+  // it. Several nodes: only whole nodes (NodeMasked), checked at each call. Changed only between calls, by
+  // the caller's thread.
   std::vector<uint8_t> masked;      // [R]
   uint64_t mask_epoch = 0;          // bumped by every change; handles remember it
   std::vector<uint64_t> masked_at;  // [R] `calls` when r was masked (UnmaskRank's check)
@@ -56,6 +59,12 @@ struct NormalState {
 
   explicit NormalState(Context& c) : ctx(c) {}
   int RankOf(int node_index, int l) const { return node_index * plan.L + l; }
+  // Every rank of node n is masked (several nodes: nothing goes to or comes from n, no RDMA to it).
+  bool NodeMasked(int n) const {
+    for (int l = 0; l < plan.L; ++l)
+      if (!masked[static_cast<size_t>(RankOf(n, l))]) return false;
+    return true;
+  }
   uint8_t* heap() const { return ctx.heap().base(); }
 };
 

@@ -17,17 +17,20 @@
 //
 // EPX_FAULT_MATRIX_RDMA=verbs (ctest rxe_fault_matrix: in one soft-RoCE guest, tools/rxe-vm/rxe-run) runs
 // the ranks with EPX_RDMA=verbs instead, and a smaller set, since code under TCG runs 10-50x slower: every
-// point once on 2 nodes x 2 with the victims in turn, the baselines on 2 nodes x 2 only, and four masked
-// cells. All ranks share the guest's kernel, so the survivors still see the death by the process scan;
-// what changes is the data path they are caught in (RC QPs, the verbs domain's waits). Deaths seen only
-// over the network are tests/fault/rxe_fault_two_hosts_test.cc.
+// point once on 2 nodes x 2 with the victims in turn, the baselines on 2 nodes x 2 (and 4 x 1 for --mask),
+// and five masked cells. All ranks share the guest's kernel, so the survivors still see the death by the
+// process scan; what changes is the data path they are caught in (RC QPs, the verbs domain's waits). Deaths
+// seen only over the network are tests/fault/rxe_fault_two_hosts_test.cc.
 //
 // Masked cells (FaultMatrixMasked, issue 7: "with masking on, survivors continue and their results equal
 // the reference computed without the dead rank"): fault_worker --mask runs low-latency rounds only, on
 // an LlBuffer with mask_on_failure, and checks every result of every rank bitwise against the reference
 // (with the victim before its death, without it after; fault_worker.cc MaskWant() says exactly which
-// call must equal which). The victim dies at each LL point, every rank in turn on 2 nodes x 2 and two
-// ranks on 1 node x 4, with one or two LL channels (MakeMaskCells). Asserted per cell: the victim died at the
+// call must equal which). The victim dies at each LL point, every rank in turn on 2 nodes x 2, two ranks on
+// 1 node x 4 and one on 4 nodes x 1, with one or two LL channels (MakeMaskCells). Then the survivors go on
+// in normal mode without the victim (NormalBuffer::MaskRank): 2 rounds checked bitwise where the victim is
+// a whole node (1 x 4, 4 x 1), the kUnsupported refusal of the first call where it leaves live ranks on its
+// node (2 x 2; normal mode masks whole nodes across nodes). Asserted per cell: the victim died at the
 // point; epx-run exits 137 naming it; every survivor logged the library's mask warning for the victim within
 // EPX_TIMEOUT + 1 s of the death (printed: seconds from the death to that warning), printed "masked [V], 3
 // rounds checked after the death", no check failed, and exited 0 -- and went on at once: no wait of a
@@ -74,11 +77,11 @@ bool Verbs() {
   return Rdma() == "verbs";
 }
 std::string Topology(int nodes) {
-  return nodes == 2 ? "2x2 " + Rdma() : "1x4";
+  return nodes == 1 ? "1x4" : fmt::format("{}x{} {}", nodes, kRanks / nodes, Rdma());
 }
 // For gtest names: the native matrix keeps its names ("2x2"), the verbs cells say so ("2x2_verbs").
 std::string TopologyTag(int nodes) {
-  return nodes == 2 ? (Verbs() ? "2x2_verbs" : "2x2") : "1x4";
+  return nodes == 1 ? "1x4" : fmt::format("{}x{}{}", nodes, kRanks / nodes, Verbs() ? "_verbs" : "");
 }
 
 struct Cell {
@@ -165,6 +168,7 @@ struct Parsed {
   std::vector<std::string> timeouts;                // a wait that ran into its deadline (whole lines)
   std::map<std::string, int> either;                // outcome of a call that may go either way -> count
   std::map<int, int> exit_code;                     // rank -> code, from epx-run's lines
+  std::map<int, std::string> normal;                // rank -> its normal phase: "checked N" or "refused"
 };
 
 Parsed Parse(const std::string& out) {
@@ -178,6 +182,8 @@ Parsed Parse(const std::string& out) {
   static const std::regex either(
       R"(^\[r\d+\] fault-worker: rank \d+ round \d+ .*, the victim dies in call \d+\): (.*)$)");
   static const std::regex exited(R"(epx-run: rank (\d+) \(pid \d+\) exited with code (\d+))");
+  static const std::regex normal(
+      R"(^\[r\d+\] fault-worker: rank (\d+) normal mode without \[[\d,]*\]: ((\d+) rounds checked|refused as expected))");
   Parsed p;
   std::istringstream in(out);
   for (std::string line; std::getline(in, line);) {
@@ -206,6 +212,8 @@ Parsed Parse(const std::string& out) {
       ++p.either[m[1]];
     } else if (std::regex_search(line, m, exited)) {
       p.exit_code[std::stoi(m[1])] = std::stoi(m[2]);
+    } else if (std::regex_search(line, m, normal)) {
+      p.normal[std::stoi(m[1])] = m[3].matched ? "checked " + m[3].str() : "refused";
     }
   }
   return p;
@@ -269,9 +277,10 @@ TEST(FaultMatrixBaseline, WithoutAFaultEveryRankFinishes) {
 
 TEST(FaultMatrixBaseline, WithoutAFaultMaskModeChecksEveryRound) {
   // fault_worker --mask without a victim: every low-latency result equals the full reference and nobody
-  // is masked, on both topologies and with 1 and 2 channels, so a check that fails in a masked cell below
-  // is about the death, not about the checker.
-  for (int nodes : {2, 1}) {
+  // is masked, on every topology and with 1 and 2 channels, so a check that fails in a masked cell below
+  // is about the death, not about the checker. The normal phase after the rounds runs too (nobody masked):
+  // every rank reports its rounds checked.
+  for (int nodes : {2, 1, 4}) {
     if (nodes == 1 && Verbs()) continue;
     for (int channels : {1, 2}) {
       const Finished l = RunJob(nodes, "", 4, {"--mask", "--ll-channels", std::to_string(channels)});
@@ -281,6 +290,8 @@ TEST(FaultMatrixBaseline, WithoutAFaultMaskModeChecksEveryRound) {
       EXPECT_EQ(p.done.size(), static_cast<size_t>(kRanks)) << l.out;
       EXPECT_TRUE(p.check_failed.empty()) << l.out;
       EXPECT_TRUE(p.failed.empty()) << l.out;
+      for (int r = 0; r < kRanks; ++r)
+        EXPECT_EQ(p.normal.count(r) ? p.normal[r] : "none", "checked 2") << "rank " << r << ":\n" << l.out;
       std::printf("baseline --mask %s, %d LL channel(s): %.1f s for 4 checked rounds incl. setup\n",
                   Topology(nodes).c_str(), channels, l.seconds);
     }
@@ -292,8 +303,7 @@ class FaultMatrix : public ::testing::TestWithParam<Cell> {};
 TEST_P(FaultMatrix, EverySurvivorNamesTheDeadRank) {
   const Cell c = GetParam();
   const std::string spec = fmt::format("rank={},point={},after={}", c.victim, c.point, c.after);
-  SCOPED_TRACE("EPX_FAULT=" + spec +
-               (c.nodes == 2 ? " on 2 nodes x 2, EPX_RDMA=" + Rdma() : " on 1 node x 4"));
+  SCOPED_TRACE("EPX_FAULT=" + spec + " on " + Topology(c.nodes));
   const auto before = DevShm();
   // after <= 3 and one hit per call or more: the death comes before the 4th round, which the survivors
   // cannot finish without the victim (were it in the last one, they might all be done and only the final
@@ -375,6 +385,7 @@ std::vector<MaskCell> MakeMaskCells() {
     cells.push_back(
         {kPoints[2], 0, 1, 2, 1});  // 1 channel: the one .send cell whose call must drop the victim
     cells.push_back({kPoints[3], 2, 1, 2, 2});
+    cells.push_back({kPoints[1], 2, 2, 4, 1});  // 4 nodes x 1: the normal phase masks a whole node over verbs
     return cells;
   }
   int k = 0;
@@ -386,6 +397,9 @@ std::vector<MaskCell> MakeMaskCells() {
       cells.push_back({kPoints[i], victim, 1 + k % 3, 1, 1 + k % 2});
       ++k;
     }
+  // 4 nodes x 1 (every peer behind the RDMA domain; the victim is a whole node, so the normal phase
+  // after the mask runs checked rounds across nodes): every point once, victims in turn.
+  for (int i = 0; i < 4; ++i, ++k) cells.push_back({kPoints[i], (i + 1) % kRanks, 1 + k % 3, 4, 1 + k % 2});
   return cells;
 }
 
@@ -400,6 +414,7 @@ struct MaskRow {
   std::map<int, double> secs;  // survivor -> seconds from the death to its mask warning
   double done = 0;             // seconds from the death until the last survivor was done
   std::string either;          // outcomes of the calls that may go either way
+  std::string normal;          // the survivors' normal phase: "2 rounds" / "refused" (all agreed) or a mix
   std::string verdict;
 };
 std::vector<MaskRow>& MaskRows() {
@@ -412,13 +427,16 @@ class FaultMatrixMasked : public ::testing::TestWithParam<MaskCell> {};
 TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt) {
   const MaskCell c = GetParam();
   const std::string spec = fmt::format("rank={},point={},after={}", c.victim, c.point, c.after);
-  SCOPED_TRACE("EPX_FAULT=" + spec +
-               (c.nodes == 2 ? " on 2 nodes x 2, EPX_RDMA=" + Rdma() : " on 1 node x 4") +
+  SCOPED_TRACE("EPX_FAULT=" + spec + " on " + Topology(c.nodes) +
                fmt::format(", fault_worker --mask --ll-channels {}", c.channels));
   const auto before = DevShm();
   // --rounds is ignored with a victim: the worker runs up to the round of the death and 3 more.
   const Finished l = RunJob(c.nodes, spec, 0, {"--mask", "--ll-channels", std::to_string(c.channels)});
-  MaskRow row{MaskCellName(c), c.victim, {}, 0, "", "FAIL"};
+  MaskRow row{MaskCellName(c), c.victim, {}, 0, "", "", "FAIL"};
+  // Then normal mode without the victim (fault_worker.cc RunNormalPhase): checked rounds where the victim is
+  // a whole node (1 node, or 4 nodes x 1), a kUnsupported refusal where it leaves live ranks on its node.
+  const std::string normal_want = c.nodes == 2 ? "refused" : "checked 2";
+  std::set<std::string> normal_seen;
   const RecordRow record(row, MaskRows());
   Parsed p;
   CheckTheDeath(l, c.victim, c.point, &p);
@@ -452,6 +470,11 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
       ok = ok && m->second.ranks == std::to_string(c.victim) && m->second.rounds_after == 3 &&
            done <= done_bound;
     }
+    const auto nm = p.normal.find(r);
+    const std::string normal_got = nm == p.normal.end() ? "none" : nm->second;
+    normal_seen.insert(normal_got);
+    EXPECT_EQ(normal_got, normal_want) << "rank " << r << "'s normal phase after the mask:\n" << l.out;
+    ok = ok && normal_got == normal_want;
     auto code = p.exit_code.find(r);
     EXPECT_TRUE(code != p.exit_code.end() && code->second == 0) << "rank " << r << " did not exit 0:\n"
                                                                 << l.out;
@@ -470,6 +493,8 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
     }
     survivors_ok = survivors_ok && ok;
   }
+  for (const std::string& n : normal_seen)
+    row.normal += (row.normal.empty() ? "" : " / ") + (n == "checked 2" ? std::string("2 rounds") : n);
   for (const auto& [outcome, count] : p.either)
     row.either += fmt::format("{}{} {}", row.either.empty() ? "" : "; ", count,
                               outcome.starts_with("with ")      ? "with"
@@ -520,16 +545,18 @@ void PrintMasked() {
       "result bitwise equal to the reference without the victim, and exited 0; \"done\": seconds from the "
       "death until the last survivor finished them (bound {} s). \"either-way calls\": (survivor, call) "
       "pairs that could legitimately keep or drop the victim's part (fault_worker.cc MaskWant) and what "
-      "they did.\n\n",
+      "they did. \"normal after\": then the survivors' NormalBuffer without the victim (MaskRank): 2 rounds "
+      "checked bitwise against the reference without it, or, where the victim leaves live ranks on its node "
+      "(2x2), the kUnsupported refusal of the first call (normal mode masks whole nodes across nodes).\n\n",
       kTimeoutMs / 1000 + 1, kTimeoutMs / 2000.0);
   t += TableHead("cell (EPX_FAULT point, hit, victim, topology, LL channels)", kRanks,
-                 {"max", "done", "either-way calls", "result"});
+                 {"max", "done", "either-way calls", "normal after", "result"});
   for (const MaskRow& row : MaskRows()) {
     double worst = 0;
     const auto secs_cell = [](int, double secs) { return fmt::format(" {:.3f} |", secs); };
     t += "| " + row.cell + " |" + RankCells(row.victim, row.secs, secs_cell, &worst);
-    t += fmt::format(" {:.3f} | {:.2f} | {} | {} |\n", worst, row.done, row.either.empty() ? "-" : row.either,
-                     row.verdict);
+    t += fmt::format(" {:.3f} | {:.2f} | {} | {} | {} |\n", worst, row.done,
+                     row.either.empty() ? "-" : row.either, row.normal, row.verdict);
   }
   std::fputs(t.c_str(), stdout);
 }

@@ -15,8 +15,11 @@
 // victim dies; each survivor runs kMaskRoundsAfter more rounds after the round of the death, checks
 // MaskedRanks() == {victim} and exits 0 with
 //   fault-worker: rank R masked [V], N rounds checked after the death (...)
+// Then the survivors go on in normal mode without the masked rank (a NormalBuffer made at setup; see
+// RunNormalPhase: checked rounds where the mask covers whole nodes, else a checked kUnsupported refusal).
 // A wrong result prints "fault-worker: rank R CHECK FAILED ..." and the rank exits 4 after its rounds.
-// Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline).
+// Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline), and
+// the normal phase with nobody masked.
 //
 // --readmit (readmit_worker.cc, under epx-run --respawn): --mask up to the victim's death and after it,
 // then every rank re-creates its Context, the restarted victim joins, and all ranks run checked rounds
@@ -47,6 +50,7 @@
 #include "kernels/ll_reference.h"
 #include "kernels/normal.h"
 #include "kernels/problem_gen.h"
+#include "kernels/reference.h"
 #include "transport/context.h"
 
 namespace epx {
@@ -378,9 +382,114 @@ struct MaskChecker {
   }
 };
 
+// ---- --mask, normal phase ---------------------------------------------------------------------------
+// After the low-latency rounds (where the survivors found and masked the victim), the normal buffer made
+// at setup goes on without the ranks the LlBuffer masked: NormalBuffer::MaskRank each of them, then
+// dispatch and combine checked bitwise against kernels/reference.h without them. Normal-mode masking
+// with several nodes covers whole nodes only: where the masked ranks leave a node with live ranks, the
+// phase checks instead that the first call is refused with kUnsupported (nothing moves, nobody hangs).
+//   fault-worker: rank R normal mode without [V]: N rounds checked
+//   fault-worker: rank R normal mode without [V]: refused as expected (kUnsupported: ...)
+
+constexpr int kNormalRoundsAfter = 2;
+
+// "" when the kernel's dispatch output equals the reference; else the first difference.
+std::string NormalDispatchDiff(const DispatchOutput& o, const RefDispatch& r, int H) {
+  const size_t M = static_cast<size_t>(r.num_rows), K = kTopk, row = 2 * static_cast<size_t>(H);
+  if (o.num_recv_tokens != r.num_rows) return fmt::format("{} rows vs {}", o.num_recv_tokens, r.num_rows);
+  if (o.tokens_per_expert != r.tokens_per_expert)
+    return fmt::format("tokens_per_expert [{}] vs [{}]", fmt::join(o.tokens_per_expert, ","),
+                       fmt::join(r.tokens_per_expert, ","));
+  if (o.x.size() < M * row || o.src_idx.size() < M || o.topk_idx.size() < M * K ||
+      o.topk_weights.size() < M * K)
+    return "outputs too small";
+  for (size_t i = 0; i < M; ++i) {
+    if (o.src_idx[i] != r.src_idx[i] || std::memcmp(&o.x[i * row], &r.x[i * row], row) != 0 ||
+        !std::equal(&o.topk_idx[i * K], &o.topk_idx[(i + 1) * K], &r.topk_idx[i * K]) ||
+        std::memcmp(&o.topk_weights[i * K], &r.topk_weights[i * K], 4 * K) != 0)
+      return fmt::format("row {} (source {} token {}) differs", i, r.src_rank[i], r.src_idx[i]);
+  }
+  return "";
+}
+
+// Runs the phase on a survivor; returns the number of failed checks.
+int RunNormalPhase(Context& ctx, NormalBuffer& nb, const std::vector<int>& masked) {
+  const int me = ctx.rank(), R = ctx.world_size();
+  const std::string who =
+      fmt::format("fault-worker: rank {} normal mode without [{}]", me, fmt::join(masked, ","));
+  for (int v : masked) {
+    if (Status s = nb.MaskRank(v); !s.ok()) {
+      if (s.code() != Code::kUnsupported) Fail(me, "NormalBuffer::MaskRank", -1, s);
+      std::printf("%s: refused as expected (kUnsupported: %s)\n", who.c_str(), s.message().c_str());
+      return 0;
+    }
+  }
+  int failures = 0;
+  for (int round = 0; round < kNormalRoundsAfter; ++round) {
+    ProblemSpec spec = RoundSpec(ctx, 7000 + static_cast<uint64_t>(round));
+    for (int r = 0; r < R; ++r) spec.num_tokens.push_back(kTokens - (3 * r + round) % 7);
+    GeneratedProblem g(spec, -1);  // every rank's rows: the reference of every destination needs them
+    RefProblem without = g.problem();
+    for (int v : masked) without = ReferenceWithoutRank(without, v);
+    auto route = ReferenceRouting(without);
+    if (!route.ok()) Fail(me, "reference routing", round, route.status());
+
+    DispatchInput in;
+    in.num_tokens = g.problem().num_tokens[me];
+    in.hidden = kHidden;
+    in.dtype = TokenDtype::kBf16;
+    in.x = g.x(me);
+    in.num_experts = spec.num_experts;
+    in.topk = kTopk;
+    in.topk_idx = g.problem().topk_idx[me];  // still naming the masked ranks' experts: the buffer drops them
+    in.topk_weights = g.problem().topk_weights[me];
+    DispatchOutput out;
+    NormalHandle h;
+    if (Status s = nb.Dispatch(in, &out, &h); !s.ok()) {
+      if (round == 0 && s.code() == Code::kUnsupported) {
+        std::printf("%s: refused as expected (kUnsupported: %s)\n", who.c_str(), s.message().c_str());
+        return 0;
+      }
+      Fail(me, "normal dispatch (masked)", round, s);
+    }
+    std::vector<RefDispatch> ref;
+    for (int r = 0; r < R; ++r) ref.push_back(ReferenceDispatch(without, *route, r));
+    if (std::string d = NormalDispatchDiff(out, ref[me], kHidden); !d.empty()) {
+      ++failures;
+      std::printf("%s: CHECK FAILED round %d dispatch: %s\n", who.c_str(), round, d.c_str());
+    }
+    // Expert outputs: a hash of (this rank, source, token) per row, so the reference needs no data from
+    // other ranks; made from the reference rows (equal to ours when the dispatch check passed).
+    const uint64_t salt = 7700 + static_cast<uint64_t>(round);
+    auto y_of = [&](int r) {
+      std::vector<bf16> y(static_cast<size_t>(ref[r].num_rows) * kHidden);
+      for (int i = 0; i < ref[r].num_rows; ++i)
+        GeneratedProblem::HashRow(salt, r, ref[r].src_rank[i], ref[r].src_idx[i], kHidden,
+                                  &y[static_cast<size_t>(i) * kHidden]);
+      return y;
+    };
+    std::vector<std::vector<bf16>> ys;
+    for (int r = 0; r < R; ++r) ys.push_back(y_of(r));
+    CombineInput cin;
+    cin.hidden = kHidden;
+    cin.y = ys[me];
+    CombineOutput cout;
+    if (Status s = nb.Combine(h, cin, &cout); !s.ok()) Fail(me, "normal combine (masked)", round, s);
+    RefCombineInputs rin;
+    rin.y_row = [&](int r, int row) { return ys[r].data() + static_cast<size_t>(row) * kHidden; };
+    const RefCombine want = ReferenceCombine(without, *route, me, rin);
+    if (std::string d = CombineDiff(cout.x, want.x); !d.empty()) {
+      ++failures;
+      std::printf("%s: CHECK FAILED round %d combine: %s\n", who.c_str(), round, d.c_str());
+    }
+  }
+  if (failures == 0) std::printf("%s: %d rounds checked\n", who.c_str(), kNormalRoundsAfter);
+  return failures;
+}
+
 }  // namespace
 
-int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
+int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault, bool normal_phase) {
   const int me = ctx.rank(), R = ctx.world_size();
   auto fault = ParseFaultSpec(std::getenv("EPX_FAULT") && !ignore_fault ? std::getenv("EPX_FAULT") : "");
   if (!fault.ok()) Fail(me, "EPX_FAULT", -1, fault.status());
@@ -405,6 +514,8 @@ int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
   auto made = LlBuffer::Create(ctx, lcfg, channels);
   if (!made.ok()) Fail(me, "LlBuffer::Create", -1, made.status());
   LlBuffer& lb = **made;
+  // Made now, while every rank is alive (creation is collective); used after the low-latency rounds.
+  const std::unique_ptr<NormalBuffer> nb = normal_phase ? CreateNormalBuffer(ctx) : nullptr;
   if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
 
   MaskChecker check{lb, me, *fault, channels, death_call};
@@ -467,6 +578,7 @@ int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
                   check.failures, fmt::format("{}", fmt::join(lb.MaskedRanks(), ",")).c_str());
       return 4;
     }
+    if (nb != nullptr && RunNormalPhase(ctx, *nb, {}) > 0) return 4;  // the phase itself, nobody masked
     std::printf("fault-worker: rank %d done (%d rounds, every result checked)\n", me, rounds);
     if (Status s = ctx.bootstrap().Barrier("fault-worker-end"); !s.ok()) Fail(me, "final barrier", rounds, s);
     return 0;
@@ -487,6 +599,10 @@ int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault) {
       "fault-worker: rank %d masked [%s], %d rounds checked after the death (it died in round %d, "
       "%d round(s) in all) t_mono_ns=%lld\n",
       me, fmt::format("{}", fmt::join(masked, ",")).c_str(), checked_after, death_round, rounds, MonoNs());
+  if (nb != nullptr && RunNormalPhase(ctx, *nb, masked) > 0) {
+    std::printf("fault-worker: rank %d: normal-mode check(s) failed\n", me);
+    return 4;
+  }
   return 0;
 }
 
@@ -525,7 +641,7 @@ int Main(int argc, char** argv) {
   const int me = ctx.rank(), R = ctx.world_size();
   std::printf("fault-worker: ready rank %d pid %d\n", me, static_cast<int>(::getpid()));
   g_me = me;
-  if (mask) return RunMasked(ctx, rounds, ll_channels, /*ignore_fault=*/false);
+  if (mask) return RunMasked(ctx, rounds, ll_channels, /*ignore_fault=*/false, /*normal_phase=*/true);
 
   const std::unique_ptr<NormalBuffer> nb = CreateNormalBuffer(ctx);
   auto lb = LlBuffer::Create(ctx, LlConfig(R), 1);

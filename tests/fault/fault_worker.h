@@ -33,9 +33,10 @@ std::unique_ptr<NormalBuffer> CreateNormalBuffer(Context& ctx);
 
 // --mask on `ctx` (fault_worker.cc): low-latency rounds with mask_on_failure, every result checked against
 // the reference with or without the EPX_FAULT victim. With ignore_fault, EPX_FAULT is not looked at: `rounds`
-// checked rounds against the full reference, nobody masked, ending with a bootstrap barrier. Returns the
-// exit code (0: all checks passed); the victim never returns.
-int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault);
+// checked rounds against the full reference, nobody masked, ending with a bootstrap barrier. With
+// normal_phase, the survivors then go on in normal mode without the masked ranks (fault_worker.cc
+// RunNormalPhase). Returns the exit code (0: all checks passed); the victim never returns.
+int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault, bool normal_phase = false);
 
 // --readmit (readmit_worker.cc): the whole run, Contexts included. Returns the exit code.
 int RunReadmit(int rounds, int channels);

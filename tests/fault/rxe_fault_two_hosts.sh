@@ -9,7 +9,10 @@
 # EPX_BOOTSTRAP_TIMEOUT) until the other host's ranks of that cell join. A CELL is
 #   V:POINT:AFTER   EPX_FAULT=rank=V,point=POINT,after=AFTER: rank V (on either host) SIGKILLs itself
 #   mask:V:POINT:AFTER  the same with fault_worker --mask (low-latency rounds, mask_on_failure): the
-#                   survivors mask V, check 3 more rounds against the reference without it and exit 0
+#                   survivors mask V, check 3 more rounds against the reference without it, go on in
+#                   normal mode without it (or check its refusal) and exit 0
+#   mask4:V:POINT:AFTER the same on 4 logical nodes x 1 rank (2 per host): V is a whole node, so the
+#                   normal mode after the mask runs checked rounds across the hosts
 #   linkcut:ROUNDS  no fault; host 1 takes its link (eth0) down once its ranks are set up and in rounds
 # Each host runs its half of 2 nodes x 2 ranks (rank 0's host is 10.99.1.1):
 #   epx-run -n 4 --nodes 2 --nnodes 2 --node-rank H --master 10.99.1.1:PORT --grace G -- FAULT_WORKER
@@ -122,9 +125,11 @@ for cell in "$@"; do
           --grace "$GRACE" -- "$WORKER" --rounds "$rounds"
       fi
       ;;
-    mask:*:*:*)
-      IFS=: read -r _ victim point after <<< "$cell"
-      EPX_FAULT="rank=$victim,point=$point,after=$after" "$EPX_RUN" -n 4 --nodes 2 --nnodes 2 \
+    mask:*:*:* | mask4:*:*:*)
+      IFS=: read -r kind victim point after <<< "$cell"
+      nodes=2
+      [ "$kind" = mask4 ] && nodes=4
+      EPX_FAULT="rank=$victim,point=$point,after=$after" "$EPX_RUN" -n 4 --nodes "$nodes" --nnodes 2 \
         --node-rank "$H" --master "10.99.1.1:$port" --grace "$GRACE" -- "$WORKER" --mask --ll-channels 1
       ;;
     *:*:*)
@@ -133,7 +138,7 @@ for cell in "$@"; do
         --node-rank "$H" --master "10.99.1.1:$port" --grace "$GRACE" -- "$WORKER" --rounds 4
       ;;
     *)
-      echo "rxe-fault: bad cell '$cell' (V:POINT:AFTER, mask:V:POINT:AFTER or linkcut:ROUNDS)"
+      echo "rxe-fault: bad cell '$cell' (V:POINT:AFTER, mask:V:POINT:AFTER, mask4:V:POINT:AFTER or linkcut:ROUNDS)"
       exit 2
       ;;
   esac

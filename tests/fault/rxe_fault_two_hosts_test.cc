@@ -22,7 +22,10 @@
 // Masked kill cells (fault_worker --mask: low-latency rounds on an LlBuffer with mask_on_failure): every
 // survivor masks the victim within EPX_TIMEOUT + 1 s of the death (its "mask notice" line naming it; the
 // other host learns of the death from the network: the death notice, QP errors and probes), runs 3 more
-// rounds whose results equal the reference without the victim, bitwise, and exits 0 (no FAILED line, no check
+// rounds whose results equal the reference without the victim, bitwise, then goes on in normal mode without
+// it (fault_worker.cc RunNormalPhase): 2 rounds checked bitwise in the cell of 4 nodes x 1 (the victim is a
+// whole logical node: normal-mode masking across hosts), the kUnsupported refusal of the first call in the
+// 2 x 2 cells (the victim leaves a live rank on its node); and exits 0 (no FAILED line, no check
 // failure, no wait that ran into its deadline); the victim's epx-run exits 137 naming it, the other host's
 // exits 0; both guests clean. Link cut (last cell): no fault; once the ranks run rounds, host 1 takes eth0
 // down. Every rank on both hosts must fail a call made during the rounds with a peer failure naming a rank of
@@ -66,28 +69,27 @@ struct Cell {
   const char* point;
   int after;
   bool mask = false;  // fault_worker --mask: the survivors go on without the victim
+  int nodes = 2;      // logical nodes of the 4 ranks (2 per host: 2 x 2, or 4 x 1)
 };
 
 // Victims on both hosts, in both modes, at a sender, a forwarder, a receiver and a reducer; rank 0 (the
 // bootstrap root) among them.
 std::vector<Cell> MakeCells() {
-  return {{1, "normal.dispatch.forward", 1},
-          {2, "normal.combine.reduce", 1},
-          {0, "ll.dispatch.recv", 2},
-          {3, "ll.combine.send", 1},
-          {1, "ll.dispatch.recv", 2, true},
-          {2, "ll.combine.send", 1, true},
-          {-1, "link cut", 0}};
+  return {{1, "normal.dispatch.forward", 1},   {2, "normal.combine.reduce", 1},
+          {0, "ll.dispatch.recv", 2},          {3, "ll.combine.send", 1},
+          {1, "ll.dispatch.recv", 2, true},    {2, "ll.combine.send", 1, true},
+          {2, "ll.dispatch.recv", 2, true, 4}, {-1, "link cut", 0}};
 }
 
 std::string CellArg(const Cell& c) {
   return c.victim < 0 ? fmt::format("linkcut:{}", kLinkcutRounds)
-                      : fmt::format("{}{}:{}:{}", c.mask ? "mask:" : "", c.victim, c.point, c.after);
+                      : fmt::format("{}{}:{}:{}", c.mask ? (c.nodes == 4 ? "mask4:" : "mask:") : "", c.victim,
+                                    c.point, c.after);
 }
 std::string CellName(const Cell& c) {
   return c.victim < 0 ? "link cut: host 1 takes eth0 down during rounds"
-                      : fmt::format("{}{} after={} victim=r{} (host {})", c.mask ? "masked: " : "", c.point,
-                                    c.after, c.victim, c.victim / 2);
+                      : fmt::format("{}{} after={} victim=r{} (host {}{})", c.mask ? "masked: " : "", c.point,
+                                    c.after, c.victim, c.victim / 2, c.nodes == 4 ? ", 4 nodes x 1" : "");
 }
 
 struct Line {
@@ -240,6 +242,7 @@ struct CellOut {
   std::map<int, std::pair<std::string, int>> masked;  // rank -> (final MaskedRanks, rounds after the death)
   std::map<int, double> masked_t;                     // rank -> arrival of that line (it was done)
   std::map<int, int> exit_code;                       // rank -> code (epx-run's "exited with code")
+  std::map<int, std::string> normal;                  // rank -> its normal phase: "checked N" / "refused"
   std::vector<std::string> bad;                       // check failures and waits that hit their deadline
 };
 
@@ -253,6 +256,8 @@ CellOut Collect(const GuestRun& run, int n) {
   static const std::regex masked(
       R"(^\[r\d+\] fault-worker: rank (\d+) masked \[([\d,]*)\], (\d+) rounds checked after the death)");
   static const std::regex exited(R"(epx-run: rank (\d+) \(pid \d+\) exited with code (\d+))");
+  static const std::regex normal(
+      R"(^\[r\d+\] fault-worker: rank (\d+) normal mode without \[[\d,]*\]: ((\d+) rounds checked|refused as expected))");
   static const std::regex timeout(R"(^\[r\d+\] epx\[r\d+\] \w error at \S+: timeout: )");
   CellOut o;
   int cur[2] = {0, 0};
@@ -290,6 +295,8 @@ CellOut Collect(const GuestRun& run, int n) {
     } else if (std::regex_search(l.text, m, masked)) {
       o.masked[std::stoi(m[1])] = {m[2], std::stoi(m[3])};
       o.masked_t[std::stoi(m[1])] = l.t;
+    } else if (std::regex_search(l.text, m, normal)) {
+      o.normal[std::stoi(m[1])] = m[3].matched ? "checked " + m[3].str() : "refused";
     } else if (l.text.find("CHECK FAILED") != std::string::npos ||
                l.text.find("check(s) failed") != std::string::npos || std::regex_search(l.text, m, timeout)) {
       o.bad.push_back(l.text);
@@ -377,9 +384,14 @@ bool CheckMasked(const Cell& c, const CellOut& o, Row& row) {
                              ? code->second == 0
                              : r / 2 != c.victim / 2 && o.rc.count(r / 2) && o.rc.at(r / 2) == 0;
     EXPECT_TRUE(exited0) << "rank " << r << " did not exit 0";
-    ok = ok && finished && exited0;
-    row.col[r] = fmt::format("{:.2f} masked{}, done {:.2f}", secs, r / 2 == c.victim / 2 ? "" : " (remote)",
-                             o.masked_t.count(r) ? o.masked_t.at(r) - o.t_event : -1.0);
+    const std::string normal = o.normal.count(r) ? o.normal.at(r) : "none";
+    const std::string normal_want = c.nodes == 4 ? "checked 2" : "refused";
+    EXPECT_EQ(normal, normal_want) << "rank " << r << "'s normal phase after the mask";
+    ok = ok && finished && exited0 && normal == normal_want;
+    row.col[r] =
+        fmt::format("{:.2f} masked{}, done {:.2f}, normal {}", secs, r / 2 == c.victim / 2 ? "" : " (remote)",
+                    o.masked_t.count(r) ? o.masked_t.at(r) - o.t_event : -1.0,
+                    normal == "checked 2" ? "2 rounds" : normal);
     all_ok = all_ok && ok;
   }
   return all_ok;
@@ -519,10 +531,10 @@ TEST_P(RxeFaultCell, EveryRankReportsTheFailureInTime) {
 INSTANTIATE_TEST_SUITE_P(Cells, RxeFaultCell, ::testing::Range(0, static_cast<int>(MakeCells().size())),
                          [](const auto& info) {
                            const Cell c = MakeCells()[static_cast<size_t>(info.param)];
-                           return c.victim < 0
-                                      ? "link_cut"
-                                      : GtestName(fmt::format("{}{}_r{}_after{}", c.mask ? "masked_" : "",
-                                                              c.point, c.victim, c.after));
+                           return c.victim < 0 ? "link_cut"
+                                               : GtestName(fmt::format(
+                                                     "{}{}_r{}_after{}{}", c.mask ? "masked_" : "", c.point,
+                                                     c.victim, c.after, c.nodes == 4 ? "_4x1" : ""));
                          });
 
 void PrintTable() {

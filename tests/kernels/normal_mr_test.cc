@@ -6,6 +6,7 @@
 // Comparisons use EXPECT (a mismatch must not make one rank skip a collective call the others make);
 // only call statuses ASSERT.
 #include <epx/normal.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include "kernels/fp8.h"
@@ -128,8 +129,8 @@ struct Trial {
 };
 
 // zero_copy: x goes through buf's DispatchInputBuffer (peers copy the rows from this rank's heap).
-void DispatchAndCheck(const Shape& s, uint64_t seed, Trial* run, int alignment = 1, NormalBuffer* buf = nullptr,
-                      bool zero_copy = false) {
+void DispatchAndCheck(const Shape& s, uint64_t seed, Trial* run, int alignment = 1,
+                      NormalBuffer* buf = nullptr, bool zero_copy = false) {
   NormalBuffer& b = buf ? *buf : Buf();
   run->g = std::make_unique<GeneratedProblem>(SpecOf(s, seed), Ctx().rank());
   auto route = ReferenceRouting(run->g->problem());
@@ -422,7 +423,8 @@ TEST(NormalMr, BuffersMustAgreeOnConfigAcrossRanks) {
   auto b = NormalBuffer::Create(Ctx(), cfg, lim);  // fails on every rank before allocating anything
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), Code::kInvalidArgument);
-  EXPECT_NE(b.status().message().find("different config or limits"), std::string::npos) << b.status().message();
+  EXPECT_NE(b.status().message().find("different config or limits"), std::string::npos)
+      << b.status().message();
 }
 
 // A second buffer with the smallest rings and more channels than the first: hundreds of tokens must
@@ -508,12 +510,18 @@ TEST(NormalMr, ZeroCopyInputsMatchTheReference) {
   EXPECT_NE(st.message().find("max_zero_copy_tokens = 0"), std::string::npos) << st.message();
 }
 
-// Rank masking (one node): the last rank is masked by the others and makes no call on this buffer; the
-// survivors' inputs still route tokens to its experts. Dispatch and combine equal the reference without
-// it, bitwise, for several shapes; a handle from before a mask change is refused; unmasking a rank a call
-// skipped is refused with how to re-admit it (a new buffer on every rank).
+// Rank masking: the victims (one node: the last rank; several nodes: every rank of the last node, as
+// after a lost host) are masked by the others and make no call on this buffer; the survivors' inputs
+// still route tokens to their experts. Dispatch and combine equal the reference without them, bitwise,
+// for several shapes; a handle from before a mask change is refused; with several nodes, a node only
+// partly masked fails the call up front naming its live ranks, and a rank of one's own node cannot be
+// masked; unmasking a rank a call skipped is refused with how to re-admit it (a new buffer on every rank).
 TEST(NormalMr, MaskedRankIsSkippedAndResultsMatchTheReferenceWithoutIt) {
-  const int R = Ctx().world_size(), me = Ctx().rank(), v = R - 1;
+  const int R = Ctx().world_size(), me = Ctx().rank(), L = Ctx().placement().local_size;
+  const bool nodes = Ctx().placement().num_nodes > 1;
+  std::vector<int> victims;
+  for (int r = nodes ? R - L : R - 1; r < R; ++r) victims.push_back(r);
+  const bool victim = me >= victims.front();
   static std::unique_ptr<NormalBuffer> buf = [] {
     auto b = NormalBuffer::Create(Ctx(), NormalConfig{.num_channels = 2}, kLimits);
     EXPECT_TRUE(b.ok()) << b.status().ToString();
@@ -523,17 +531,26 @@ TEST(NormalMr, MaskedRankIsSkippedAndResultsMatchTheReferenceWithoutIt) {
   Status self = buf->MaskRank(me);
   EXPECT_NE(self.message().find("cannot mask itself"), std::string::npos) << self.message();
   if (R == 1) return;
-  if (Ctx().placement().num_nodes > 1) {  // refused up front, naming why
-    Status st = buf->MaskRank(me == 0 ? 1 : 0);
+  if (nodes && L > 1) {  // a rank of our own node: refused up front, naming why
+    Status st = buf->MaskRank(me % L == 0 ? me + 1 : me - 1);
     EXPECT_EQ(st.code(), Code::kUnsupported) << st.ToString();
-    EXPECT_NE(st.message().find("masking in normal mode is for one node"), std::string::npos) << st.message();
-    return;
+    EXPECT_NE(st.message().find("masks whole nodes"), std::string::npos) << st.message();
+    EXPECT_TRUE(buf->MaskedRanks().empty());
   }
   Trial before;
   DispatchAndCheck(Shape{}, 1000, &before, 1, buf.get());  // every rank: a handle made before the mask
-  if (me != v) {
-    ASSERT_OK(buf->MaskRank(v));
-    EXPECT_EQ(buf->MaskedRanks(), std::vector<int>{v});
+  if (!victim) {
+    if (victims.size() > 1) {  // part of a node: the call fails before anything moves, naming the rest
+      ASSERT_OK(buf->MaskRank(victims.front()));
+      Trial part;
+      part.g = std::make_unique<GeneratedProblem>(SpecOf(Shape{}, 1050), me);
+      Status st = buf->Dispatch(InputOf(*part.g), &part.out, &part.h);
+      EXPECT_EQ(st.code(), Code::kUnsupported) << st.ToString();
+      EXPECT_NE(st.message().find(fmt::format("and live rank(s) {}", victims[1])), std::string::npos)
+          << st.message();
+    }
+    for (int v : victims) ASSERT_OK(buf->MaskRank(v));
+    EXPECT_EQ(buf->MaskedRanks(), victims);
     CombineInput stale;
     stale.hidden = 200;
     CombineOutput sink;
@@ -547,16 +564,19 @@ TEST(NormalMr, MaskedRankIsSkippedAndResultsMatchTheReferenceWithoutIt) {
       s.dtype = i == 2 ? TokenDtype::kFp8 : TokenDtype::kBf16;
       Trial run;
       run.g = std::make_unique<GeneratedProblem>(SpecOf(s, 1100 + i), me);
-      run.ref = std::make_unique<RefProblem>(ReferenceWithoutRank(run.g->problem(), v));
+      RefProblem without = run.g->problem();
+      for (int v : victims) without = ReferenceWithoutRank(without, v);
+      run.ref = std::make_unique<RefProblem>(std::move(without));
       auto route = ReferenceRouting(*run.ref);
       ASSERT_TRUE(route.ok()) << route.status().ToString();
       run.route = std::move(*route);
       ASSERT_OK(buf->Dispatch(InputOf(*run.g), &run.out, &run.h));
-      ExpectDispatchEq(run.out, ReferenceDispatch(*run.ref, run.route, me), true,
-                       fmt::format("dispatch without rank {} (seed {})", v, 1100 + i));
+      ExpectDispatchEq(
+          run.out, ReferenceDispatch(*run.ref, run.route, me), true,
+          fmt::format("dispatch without rank(s) {} (seed {})", fmt::join(victims, ","), 1100 + i));
       CombineAndCheck(run, 1200 + i, /*bias=*/i == 1, /*weights=*/true, nullptr, buf.get());
     }
-    Status un = buf->UnmaskRank(v);
+    Status un = buf->UnmaskRank(victims.back());
     EXPECT_EQ(un.code(), Code::kFailedPrecondition);
     EXPECT_NE(un.message().find("re-admit it by creating the NormalBuffer again"), std::string::npos)
         << un.message();
