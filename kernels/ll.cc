@@ -29,17 +29,20 @@ StatusOr<int> AgreeOnConfig(Context& ctx, const LowLatencyConfig& cfg, int chann
   } mine{{cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.depth, cfg.use_fp8, cfg.fp8.round_scale,
           cfg.fp8.ue8m0, channels, cfg.mask_on_failure, std::clamp(cpus, 1, kAutoMaxLlChannels)}};
   static constexpr const char* kNames[kFields] = {
-      "max_tokens", "hidden",    "topk", "num_experts", "depth", "use_fp8", "fp8.round_scale", "fp8.ue8m0",
-      "channels (EPX_LL_CHANNELS)", "mask_on_failure"};
+      "max_tokens",      "hidden",    "topk",
+      "num_experts",     "depth",     "use_fp8",
+      "fp8.round_scale", "fp8.ue8m0", "channels (EPX_LL_CHANNELS)",
+      "mask_on_failure"};
   EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGatherPod("ll-buffer-config", mine));
   int min_cpus = mine.v[kFields];
   for (size_t r = 0; r < all.size(); ++r) {
     for (int f = 0; f < kFields; ++f)
       if (all[r].v[f] != mine.v[f])
-        return EPX_ERROR(kInvalidArgument,
-                         "low-latency buffer: config mismatch: rank {} has {} = {}, rank {} has {} (all ranks "
-                         "must create the buffer with the same config)",
-                         r, kNames[f], all[r].v[f], ctx.rank(), mine.v[f]);
+        return EPX_ERROR(
+            kInvalidArgument,
+            "low-latency buffer: config mismatch: rank {} has {} = {}, rank {} has {} (all ranks "
+            "must create the buffer with the same config)",
+            r, kNames[f], all[r].v[f], ctx.rank(), mine.v[f]);
     min_cpus = std::min(min_cpus, all[r].v[kFields]);
   }
   return channels > 0 ? channels : min_cpus;
@@ -55,14 +58,15 @@ Status CheckDispatch(const LlState& st, const LlDispatchInput& in) {
     return EPX_ERROR(kInvalidArgument, "low-latency dispatch: hidden={} not in 1..{} (the buffer's hidden)",
                      in.hidden, c.hidden);
   if (in.topk < 1 || in.topk > c.topk)
-    return EPX_ERROR(kInvalidArgument, "low-latency dispatch: topk={} not in 1..{} (the buffer's topk)", in.topk,
-                     c.topk);
+    return EPX_ERROR(kInvalidArgument, "low-latency dispatch: topk={} not in 1..{} (the buffer's topk)",
+                     in.topk, c.topk);
   const size_t n = static_cast<size_t>(in.num_tokens);
   if (in.x.size() != n * in.hidden)
     return EPX_ERROR(kInvalidArgument, "low-latency dispatch: x has {} elements, expected [N={}, H={}] = {}",
                      in.x.size(), in.num_tokens, in.hidden, n * in.hidden);
   if (in.topk_idx.size() != n * in.topk)
-    return EPX_ERROR(kInvalidArgument, "low-latency dispatch: topk_idx has {} elements, expected [N={}, K={}] = {}",
+    return EPX_ERROR(kInvalidArgument,
+                     "low-latency dispatch: topk_idx has {} elements, expected [N={}, K={}] = {}",
                      in.topk_idx.size(), in.num_tokens, in.topk, n * in.topk);
   if (in.use_fp8 && in.fp8.ue8m0 && !in.fp8.round_scale)
     return EPX_ERROR(kInvalidArgument, "low-latency dispatch: fp8.ue8m0 needs fp8.round_scale");
@@ -70,24 +74,26 @@ Status CheckDispatch(const LlState& st, const LlDispatchInput& in) {
     for (int k = 0; k < in.topk; ++k) {
       const int64_t e = in.topk_idx[t * in.topk + k];
       if (e < -1 || e >= c.num_experts)
-        return EPX_ERROR(kInvalidArgument, "low-latency dispatch: topk_idx[{}, {}] = {} not in [-1, {})", t, k, e,
-                         c.num_experts);
+        return EPX_ERROR(kInvalidArgument, "low-latency dispatch: topk_idx[{}, {}] = {} not in [-1, {})", t,
+                         k, e, c.num_experts);
       for (int j = 0; j < k && e >= 0; ++j)
         if (in.topk_idx[t * in.topk + j] == e)
           return EPX_ERROR(kInvalidArgument,
-                           "low-latency dispatch: token {} selects expert {} twice (top-k slots {} and {})", t, e,
-                           j, k);
+                           "low-latency dispatch: token {} selects expert {} twice (top-k slots {} and {})",
+                           t, e, j, k);
     }
   return Status::Ok();
 }
 
-Status CheckCombine(const LlState& st, const LlHandle& h, const LlCombineInput& in, const LlCombineOutput& out) {
+Status CheckCombine(const LlState& st, const LlHandle& h, const LlCombineInput& in,
+                    const LlCombineOutput& out) {
   if (h.buffer_id != st.id)
     return EPX_ERROR(kInvalidArgument, "low-latency combine: the handle was not made by this buffer");
   if (h.src_slot.size() != static_cast<size_t>(st.El) * st.cfg.rows_per_expert())
-    return EPX_ERROR(kFailedPrecondition,
-                     "low-latency combine: the handle's dispatch has not been received yet (call Receive on its "
-                     "hook first)");
+    return EPX_ERROR(
+        kFailedPrecondition,
+        "low-latency combine: the handle's dispatch has not been received yet (call Receive on its "
+        "hook first)");
   const size_t rows = static_cast<size_t>(st.El) * st.cfg.rows_per_expert(), H = h.hidden;
   if (in.zero_copy ? !in.y.empty() : in.y.size() != rows * H)
     return EPX_ERROR(kInvalidArgument,
@@ -96,7 +102,8 @@ Status CheckCombine(const LlState& st, const LlHandle& h, const LlCombineInput& 
                      in.zero_copy ? " (zero_copy: the rows are in NextCombineBuffer())" : "");
   const size_t nk = static_cast<size_t>(h.num_tokens) * h.topk;
   if (in.topk_weights.size() != nk)
-    return EPX_ERROR(kInvalidArgument, "low-latency combine: topk_weights has {} elements, expected [N={}, K={}]",
+    return EPX_ERROR(kInvalidArgument,
+                     "low-latency combine: topk_weights has {} elements, expected [N={}, K={}]",
                      in.topk_weights.size(), h.num_tokens, h.topk);
   if (!out.out.empty() && out.out.size() != static_cast<size_t>(h.num_tokens) * H)
     return EPX_ERROR(kInvalidArgument, "low-latency combine: out= has {} elements, expected [N={}, H={}]",
@@ -230,15 +237,15 @@ Status LlState::MaskOnFailure(int peer, Status why) {
   if (dead.empty() && peer >= 0) dead.push_back(peer);
   if (dead.empty()) return why;
   for (int r : dead) {
-    ctx.liveness().Acknowledge(r);  // its death no longer fails this rank's waits
+    ctx.liveness().Acknowledge(r);      // its death no longer fails this rank's waits
     if (rdma) rdma->MaskPeer(r, true);  // nor the RDMA domain's
     uint8_t expected = 0;
     if (__atomic_compare_exchange_n(&masked[static_cast<size_t>(r)], &expected, uint8_t{1}, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
       masked_at[static_cast<size_t>(r)] = next_call;
       mask_epoch.fetch_add(1, std::memory_order_acq_rel);
-      EPX_WARN("low-latency: rank {} masks rank {} (mask_on_failure) and goes on without it; cause: {}", rank, r,
-               why.ToString());
+      EPX_WARN("low-latency: rank {} masks rank {} (mask_on_failure) and goes on without it; cause: {}", rank,
+               r, why.ToString());
     }
   }
   return Status::Ok();
@@ -254,10 +261,11 @@ StatusOr<int> BeginCall(LlState& st, const char* what) {
   const uint64_t n = st.next_call;
   const int b = static_cast<int>(n % st.D());
   if (st.pending[b].kind != LlPending::kNone)
-    return EPX_ERROR(kFailedPrecondition,
-                     "{}: call {} would reuse buffer {} whose call {} was not received yet (at most depth-1 = {} "
-                     "calls may be pending; call Receive on its hook first)",
-                     what, n, b, st.pending[b].call, st.D() - 1);
+    return EPX_ERROR(
+        kFailedPrecondition,
+        "{}: call {} would reuse buffer {} whose call {} was not received yet (at most depth-1 = {} "
+        "calls may be pending; call Receive on its hook first)",
+        what, n, b, st.pending[b].call, st.D() - 1);
   return b;
 }
 
@@ -270,10 +278,11 @@ Status ClaimBuffer(LlState& st, int b) {
   uint64_t ignored = 0;
   for (int p = 0; p < st.R; ++p) {
     if (p == st.rank || st.Masked(p)) continue;
-    Status s = st.WaitGE(p, st.Released(b, p), target, &ignored, [&] {
-      return fmt::format("release of buffer {} before call {} (rank {} has not received call {} yet)", b, n, p,
-                         n - st.D());
-    }).status();
+    Status s =
+        st.WaitGE(p, st.Released(b, p), target, &ignored, [&] {
+            return fmt::format("release of buffer {} before call {} (rank {} has not received call {} yet)",
+                               b, n, p, n - st.D());
+          }).status();
     if (s.ok() || st.Masked(p)) continue;  // masked meanwhile: not awaited any more
     EPX_RETURN_IF_ERROR(st.MaskOnFailure(p, std::move(s)));
     if (!st.Masked(p)) --p;  // another rank died and is masked now: wait for p again
@@ -317,7 +326,8 @@ Status LlBuffer::Dispatch(const LlDispatchInput& in, LlDispatchOutput* out, LlHa
   return Receive(&h);
 }
 
-Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCombineOutput* out, LlHook* hook) {
+Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCombineOutput* out,
+                         LlHook* hook) {
   LlState& st = *s_;
   EPX_ASSIGN_OR_RETURN(const int b, BeginCall(st, "low-latency combine"));
   EPX_RETURN_IF_ERROR(CheckCombine(st, handle, in, *out));
@@ -369,15 +379,18 @@ Status LlBuffer::MaskRank(int rank) {
   LlState& st = *s_;
   if (rank < 0 || rank >= st.R)
     return EPX_ERROR(kInvalidArgument, "low-latency mask: rank {} not in 0..{}", rank, st.R - 1);
-  if (rank == st.rank) return EPX_ERROR(kInvalidArgument, "low-latency mask: rank {} cannot mask itself", rank);
+  if (rank == st.rank)
+    return EPX_ERROR(kInvalidArgument, "low-latency mask: rank {} cannot mask itself", rank);
   for (const LlPending& p : st.pending)
     if (p.kind != LlPending::kNone)
-      return EPX_ERROR(kFailedPrecondition,
-                       "low-latency mask: call {} is pending (posted, not received): change the mask between calls",
-                       p.call);
+      return EPX_ERROR(
+          kFailedPrecondition,
+          "low-latency mask: call {} is pending (posted, not received): change the mask between calls",
+          p.call);
   if (!st.Masked(rank)) {
     st.masked_at[static_cast<size_t>(rank)] = st.next_call;
     st.SetMasked(rank, true);
+    st.ctx.liveness().Acknowledge(rank);  // as in MaskOnFailure: its death no longer fails our waits
   }
   return Status::Ok();
 }
@@ -391,10 +404,11 @@ Status LlBuffer::UnmaskRank(int rank) {
   // "Masking"): a rank that was skipped by a call is out of step for good on this buffer.
   const uint64_t skipped = st.next_call - st.masked_at[static_cast<size_t>(rank)];
   if (skipped > 0)
-    return EPX_ERROR(kFailedPrecondition,
-                     "low-latency unmask: rank {} was skipped by {} call(s) of this buffer, so its counters are out "
-                     "of step: re-admit it by creating the LlBuffer again on every rank (collective)",
-                     rank, skipped);
+    return EPX_ERROR(
+        kFailedPrecondition,
+        "low-latency unmask: rank {} was skipped by {} call(s) of this buffer, so its counters are out "
+        "of step: re-admit it by creating the LlBuffer again on every rank (collective)",
+        rank, skipped);
   st.SetMasked(rank, false);
   return Status::Ok();
 }

@@ -142,9 +142,9 @@ using LlDispatchOutput = LlRefDispatch;
 struct LlHandle {
   uint64_t buffer_id = 0;
   int num_tokens = 0, hidden = 0, topk = 0;
-  std::vector<int64_t> topk_idx;      // [N, K] copy of this rank's routing
-  std::vector<int32_t> send_slot;     // [N, K] row of (t, k) among this rank's rows for that expert (-1: none)
-  std::vector<int32_t> count;         // [E_local] received rows per local expert
+  std::vector<int64_t> topk_idx;   // [N, K] copy of this rank's routing
+  std::vector<int32_t> send_slot;  // [N, K] row of (t, k) among this rank's rows for that expert (-1: none)
+  std::vector<int32_t> count;      // [E_local] received rows per local expert
   std::vector<int64_t> layout_range;  // [E_local, R]
   std::vector<int32_t> src_info;      // [E_local, rows] source token of each row (-1 past count)
   std::vector<uint8_t> src_slot;      // [E_local, rows] top-k slot k of each row on its source
@@ -203,8 +203,9 @@ class LlBuffer {
   Status Receive(LlHook* hook);
 
   // Rank masking (protocol: "Masking" above). MaskRank: this rank's later calls skip `rank` (not while a
-  // call is pending; not itself). UnmaskRank: only before a call has skipped it, else kFailedPrecondition
-  // (re-create the buffer on every rank to re-admit). MaskedRanks: the current mask, ascending.
+  // call is pending; not itself), and its death (if it died) no longer fails this process's waits.
+  // UnmaskRank: only before a call has skipped it, else kFailedPrecondition (re-create the buffer on every
+  // rank to re-admit). MaskedRanks: the current mask, ascending.
   Status MaskRank(int rank);
   Status UnmaskRank(int rank);
   std::vector<int> MaskedRanks() const;

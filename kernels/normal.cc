@@ -279,6 +279,10 @@ Status NormalBuffer::MaskRank(int rank) {
     ++st.mask_epoch;
     // Our RDMA peer on that node: no wait, flush or probe is for it any more (transport/rdma.h).
     if (st.rdma && rank % P.L == st.local) st.rdma->MaskPeer(rank, true);
+    // Its death (if it died) no longer fails this process's waits: masking a dead rank is the point. The
+    // Context's liveness watch is shared: an UnmaskRank does not undo this (a later death of the rank is
+    // then found by the deadline, with the usual diagnostic, instead of the process scan).
+    st.ctx.liveness().Acknowledge(rank);
   }
   return Status::Ok();
 }

@@ -119,11 +119,12 @@ class NormalBuffer {
   // are dropped (they reach the other ranks of their top-k as usual), it sends nothing, nobody waits for
   // it; results equal the reference of the problem without it (its tokens gone, its experts' top-k slots
   // -1). Every other rank must mask it before the same call, and the masked rank must make no more calls
-  // on this buffer. Between calls only. A handle made before a mask change is refused afterwards.
-  // UnmaskRank: only before a call skipped it (re-admission: a new buffer on every rank). Several nodes:
-  // whole nodes only (a lost host): each rank is its node's only RDMA entry for its local index, so a
-  // node with masked and live ranks fails the next call with kUnsupported (mask the rest, or use the
-  // low-latency buffer, which masks single ranks), and masking a rank of one's own node is refused.
+  // on this buffer; its death (if it died) no longer fails this process's waits. Between calls only. A handle
+  // made before a mask change is refused afterwards. UnmaskRank: only before a call skipped it (re-admission:
+  // a new buffer on every rank). Several nodes: whole nodes only (a lost host): each rank is its node's only
+  // RDMA entry for its local index, so a node with masked and live ranks fails the next call with
+  // kUnsupported (mask the rest, or use the low-latency buffer, which masks single ranks), and masking a rank
+  // of one's own node is refused.
   Status MaskRank(int rank);
   Status UnmaskRank(int rank);
   std::vector<int> MaskedRanks() const;

@@ -21,11 +21,18 @@
 // Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline), and
 // the normal phase with nobody masked.
 //
+// --exit-between V: normal mode only, no EPX_FAULT: every rank runs the checked normal phase (2 rounds,
+// nobody masked); then rank V exits (code 0) between calls, and each survivor, after a pause that grows with
+// its rank (so the others wait long enough in the next call for the liveness scan to see the exit), masks V
+// with NormalBuffer::MaskRank -- no low-latency buffer saw the death -- and runs the phase without it:
+//   fault-worker: rank V exits between calls t_mono_ns=T
+//   fault-worker: rank R normal mode without [V]: 2 rounds checked
+//
 // --readmit (readmit_worker.cc, under epx-run --respawn): --mask up to the victim's death and after it,
 // then every rank re-creates its Context, the restarted victim joins, and all ranks run checked rounds
 // against the full reference.
 //
-//   fault_worker [--rounds N] [--mask | --readmit] [--ll-channels C]
+//   fault_worker [--rounds N] [--mask | --readmit | --exit-between V] [--ll-channels C]
 //                                   prints "fault-worker: ready rank R pid P" once set up
 #include "tests/fault/fault_worker.h"
 
@@ -608,8 +615,27 @@ int RunMasked(Context& ctx, int rounds, int channels, bool ignore_fault, bool no
 
 namespace {
 
+// --exit-between (see the header).
+int RunExitBetween(Context& ctx, int victim) {
+  const int me = ctx.rank();
+  if (victim < 0 || victim >= ctx.world_size() || victim == 0) {  // rank 0 holds the bootstrap
+    std::fprintf(stderr, "fault-worker: --exit-between %d not in 1..%d\n", victim, ctx.world_size() - 1);
+    return 2;
+  }
+  const std::unique_ptr<NormalBuffer> nb = CreateNormalBuffer(ctx);
+  if (Status s = ctx.bootstrap().Barrier("fault-worker-setup"); !s.ok()) Fail(me, "setup barrier", -1, s);
+  if (RunNormalPhase(ctx, *nb, {}) > 0) return 4;
+  if (me == victim) {
+    std::printf("fault-worker: rank %d exits between calls t_mono_ns=%lld\n", me, MonoNs());
+    std::fflush(stdout);
+    ::_exit(0);  // no destructors: as if killed, but without failing the job
+  }
+  ::usleep(static_cast<useconds_t>(100000 * (1 + me)));
+  return RunNormalPhase(ctx, *nb, {victim}) > 0 ? 4 : 0;
+}
+
 int Main(int argc, char** argv) {
-  int rounds = 3, ll_channels = 1;
+  int rounds = 3, ll_channels = 1, exit_between = -1;
   bool mask = false, readmit = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
@@ -620,6 +646,8 @@ int Main(int argc, char** argv) {
       mask = true;
     } else if (std::strcmp(argv[i], "--readmit") == 0) {
       readmit = true;
+    } else if (std::strcmp(argv[i], "--exit-between") == 0 && i + 1 < argc) {
+      exit_between = std::atoi(argv[++i]);
     } else {
       std::fprintf(stderr, "fault-worker: unknown argument '%s'\n", argv[i]);
       return 2;
@@ -642,6 +670,7 @@ int Main(int argc, char** argv) {
   std::printf("fault-worker: ready rank %d pid %d\n", me, static_cast<int>(::getpid()));
   g_me = me;
   if (mask) return RunMasked(ctx, rounds, ll_channels, /*ignore_fault=*/false, /*normal_phase=*/true);
+  if (exit_between >= 0) return RunExitBetween(ctx, exit_between);
 
   const std::unique_ptr<NormalBuffer> nb = CreateNormalBuffer(ctx);
   auto lb = LlBuffer::Create(ctx, LlConfig(R), 1);
