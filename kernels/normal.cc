@@ -361,8 +361,7 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
     for (int n = 0; n < P.NN; ++n)
       if (n != st->node) ro.peers.push_back(st->RankOf(n, st->local));
     EPX_ASSIGN_OR_RETURN(st->rdma, CreateRdmaDomain(ctx, ro));
-    EPX_ASSIGN_OR_RETURN(st->notify_base, st->rdma->ReadCounter(P.NotifyCounter()));
-    st->notify_target = st->notify_base;
+    EPX_ASSIGN_OR_RETURN(st->notify_target, st->rdma->ReadCounter(P.NotifyCounter()));
   }
   st->channels.resize(P.C);
   for (int c = 0; c < P.C; ++c) EPX_RETURN_IF_ERROR(BuildRings(*st, c, st->channels[c]));

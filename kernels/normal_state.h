@@ -41,9 +41,8 @@ struct NormalState {
   int rank = 0, node = 0, local = 0;
   int64_t timeout_ms = 60000;
   std::unique_ptr<RdmaDomain> rdma;  // several nodes only
-  uint64_t notify_base = 0;          // NotifyCounter at creation
-  uint64_t notify_target = 0;        // NotifyCounter after the last exchange's blocks (grows by the live
-                                     // remote nodes of each exchange: masked nodes send none)
+  uint64_t notify_target = 0;        // NotifyCounter after the last exchange's blocks: its value at creation,
+                                     // + the live remote nodes of each exchange (masked nodes send none)
   uint64_t epoch = 0;                // count exchanges done
   std::vector<ChannelRings> channels;
   std::unique_ptr<WorkerPool> pool;
