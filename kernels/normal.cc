@@ -183,21 +183,7 @@ Status CheckUsable(const NormalState& st, const NormalHandle* h, const char* wha
   if (st.broken) return EPX_ERROR(kFailedPrecondition, "{}: an earlier call on this buffer failed", what);
   if (h && h->buffer_id != st.id)
     return EPX_ERROR(kInvalidArgument, "{}: the handle was not made by this buffer", what);
-  for (int n = 0; n < st.plan.NN && st.plan.NN > 1; ++n) {
-    std::string masked, live;  // "2,3"
-    for (int l = 0; l < st.plan.L; ++l) {
-      const int r = st.RankOf(n, l);
-      std::string& list = st.masked[r] ? masked : live;
-      list += fmt::format("{}{}", list.empty() ? "" : ",", r);
-    }
-    if (!masked.empty() && !live.empty())
-      return EPX_ERROR(
-          kUnsupported,
-          "{}: node {} has masked rank(s) {} and live rank(s) {}: with several nodes, normal mode masks "
-          "whole nodes (each rank is its node's only RDMA entry for its local index): mask {} too, or "
-          "use the low-latency buffer to mask single ranks",
-          what, n, masked, live, live);
-  }
+  if (!st.route_error.empty()) return EPX_ERROR(kUnsupported, "{}: {}", what, st.route_error);
   if (h && h->mask_epoch != st.mask_epoch)
     return EPX_ERROR(
         kFailedPrecondition,
@@ -257,6 +243,44 @@ Status RunDispatch(NormalState& st, const DispatchInput& in, const NormalHandle&
 
 }  // namespace
 
+void NormalState::UpdateRoutes() {
+  const int R = plan.R, L = plan.L, NN = plan.NN;
+  via.assign(static_cast<size_t>(R) * NN, -1);
+  route_error.clear();
+  for (int s = 0; s < R; ++s) {
+    if (masked[s]) continue;
+    const int a = s / L, l = s % L;
+    for (int n = 0; n < NN; ++n) {
+      int8_t& v = via[static_cast<size_t>(s) * NN + n];
+      // A wholly masked node gets nothing: the direct route is never used.
+      if (n == a || NodeMasked(n) || !masked[RankOf(n, l)]) {
+        v = static_cast<int8_t>(l);
+        continue;
+      }
+      for (int i = 1; i < L && v < 0; ++i) {
+        const int g = (l + i) % L;
+        if (!masked[RankOf(a, g)] && !masked[RankOf(n, g)]) v = static_cast<int8_t>(g);
+      }
+      if (v < 0 && route_error.empty())
+        route_error = fmt::format(
+            "rank {} (node {}, local {}) has no route into node {}: its same-index rank {} is masked and no "
+            "other local index has a live rank on both nodes to relay through (RDMA flows between "
+            "same-index ranks only); mask fewer ranks, or whole nodes",
+            s, a, l, n, RankOf(n, l));
+      // The relay hands the partials back over one ring (node dispatch ring g -> l): one node per relay.
+      for (int m = 0; m < n && v >= 0 && v != l && route_error.empty(); ++m)
+        if (via[static_cast<size_t>(s) * NN + m] == v)
+          route_error = fmt::format(
+              "rank {} (node {}, local {}) would be relayed by local rank {} into both node {} and node {} "
+              "(their ranks of local index {} are masked): a relay serves one node per rank; mask fewer "
+              "ranks, or whole nodes",
+              s, a, l, v, m, n, l);
+    }
+  }
+  via_here.assign(R, -1);
+  for (int s = 0; s < R; ++s) via_here[s] = via[static_cast<size_t>(s) * NN + node];
+}
+
 NormalBuffer::NormalBuffer(std::unique_ptr<NormalState> s) : s_(std::move(s)) {}
 NormalBuffer::~NormalBuffer() = default;
 
@@ -266,19 +290,13 @@ Status NormalBuffer::MaskRank(int rank) {
   if (rank < 0 || rank >= P.R)
     return EPX_ERROR(kInvalidArgument, "normal mask: rank {} not in 0..{}", rank, P.R - 1);
   if (rank == st.rank) return EPX_ERROR(kInvalidArgument, "normal mask: rank {} cannot mask itself", rank);
-  if (P.NN > 1 && rank / P.L == st.node)
-    return EPX_ERROR(
-        kUnsupported,
-        "normal mask: rank {} is on this rank's node {}: with several nodes, normal mode masks whole "
-        "nodes (a lost host), since each rank is its node's only RDMA entry for its local index; "
-        "use the low-latency buffer to mask a single rank",
-        rank, st.node);
   if (!st.masked[rank]) {
     st.masked[rank] = 1;
     st.masked_at[rank] = st.calls;
     ++st.mask_epoch;
     // Our RDMA peer on that node: no wait, flush or probe is for it any more (transport/rdma.h).
-    if (st.rdma && rank % P.L == st.local) st.rdma->MaskPeer(rank, true);
+    if (st.rdma && rank % P.L == st.local && rank / P.L != st.node) st.rdma->MaskPeer(rank, true);
+    st.UpdateRoutes();
     // Its death (if it died) no longer fails this process's waits: masking a dead rank is the point. The
     // Context's liveness watch is shared: an UnmaskRank does not undo this (a later death of the rank is
     // then found by the deadline, with the usual diagnostic, instead of the process scan).
@@ -300,7 +318,8 @@ Status NormalBuffer::UnmaskRank(int rank) {
         rank, st.calls - st.masked_at[rank]);
   st.masked[rank] = 0;
   ++st.mask_epoch;
-  if (st.rdma && rank % st.plan.L == st.local) st.rdma->MaskPeer(rank, false);
+  if (st.rdma && rank % st.plan.L == st.local && rank / st.plan.L != st.node) st.rdma->MaskPeer(rank, false);
+  st.UpdateRoutes();
   return Status::Ok();
 }
 
@@ -370,6 +389,7 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
   st->pool = std::make_unique<WorkerPool>(P.C);
   st->masked.assign(P.R, 0);
   st->masked_at.assign(P.R, 0);
+  st->UpdateRoutes();
   st->idle = BackoffPolicy::Default();
   st->idle.yield_iters = static_cast<uint32_t>(cfg.idle_yields);
   st->id = g_next_buffer_id.fetch_add(1) ^ (static_cast<uint64_t>(P.begin) << 20);

@@ -69,6 +69,9 @@ struct NormalHandle {
   // source node a) in the source's token order, at [fwd_prefix[c*(NN+1)+a], fwd_prefix[c*(NN+1)+a+1]).
   std::vector<int> fwd_prefix;
   std::vector<uint32_t> fwd_masks;
+  // Relay side (several nodes with masked ranks, see MaskRank): tokens of channel c that node peer l
+  // relays through this rank, at relay[c * L + l]; empty when it relays for nobody.
+  std::vector<int> relay;
   uint64_t mask_epoch = 0;  // the buffer's rank mask this routing was made with
   bool InRank(int t, int r) const { return is_token_in_rank[static_cast<size_t>(t) * num_ranks + r] != 0; }
 };
@@ -121,10 +124,11 @@ class NormalBuffer {
   // -1). Every other rank must mask it before the same call, and the masked rank must make no more calls
   // on this buffer; its death (if it died) no longer fails this process's waits. Between calls only. A handle
   // made before a mask change is refused afterwards. UnmaskRank: only before a call skipped it (re-admission:
-  // a new buffer on every rank). Several nodes: whole nodes only (a lost host): each rank is its node's only
-  // RDMA entry for its local index, so a node with masked and live ranks fails the next call with
-  // kUnsupported (mask the rest, or use the low-latency buffer, which masks single ranks), and masking a rank
-  // of one's own node is refused.
+  // a new buffer on every rank). Several nodes: RDMA flows between same-index ranks, so a live rank whose
+  // same-index rank on node n is masked is RELAYED by a node peer g (the first index after its own with live
+  // ranks on both nodes): its tokens for n, their counts and their partials go through g's RDMA ring, after
+  // g's own. A mask that leaves a live rank without such a g (e.g. L = 2 with (a, 1) and (n, 0) masked), or
+  // that needs one g to relay one rank into two nodes, fails the next call with kUnsupported naming it.
   Status MaskRank(int rank);
   Status UnmaskRank(int rank);
   std::vector<int> MaskedRanks() const;

@@ -140,9 +140,11 @@ StatusOr<NormalPlan> NormalPlan::Make(const NormalConfig& cfg, const NormalLimit
   p.counts_ = off;
   off += p.count_row * 2 * R;
   p.inbox_ = off;
-  off += p.count_row * (L + 1) * 2 * NN;
+  off += p.count_row * (L + 1) * 2 * NN * L;
   p.outbox_ = off;
   off += p.count_row * (L + 1) * 2 * NN;
+  p.relay_ = off;
+  off += (64 + p.count_row * (L + 1)) * 2 * L;
   p.counters_ = off;
   off += p.counters_bytes();
   off = AlignUp(off, 4096);

@@ -19,8 +19,9 @@
 //          + [NN > 1] 4 * C * NN * S_r * slot         RDMA dispatch/combine, receive + staging
 //   words  = 64 * 2 * C * L * (1 + NN)                shm head/tail words, one cache line each
 //          + [NN > 1] 64 * (4 * C * NN + 1)           RDMA counters
-//   counts = row * (2 * R + 4 * NN * (L + 1)),  row = align64(16 + 4C + 4 * max_local_experts)
-//            (count tables, RDMA inboxes and outboxes, two parities each)
+//   counts = row * (2 * R + 2 * NN * (L + 1) * (L + 1)) + 2 * L * (64 + row * (L + 1)),
+//            row = align64(16 + 4C + 4 * max_local_experts)
+//            (count tables, RDMA inboxes (one per source) and outboxes, relay blocks; two parities each)
 //   zero-copy inputs (max_zero_copy_tokens = Z > 0): align4096(Z * 2H) dispatch x
 //          + align4096(R * Z * 2H) combine y (a rank receives at most R * Z rows)
 // e.g. H=7168, K=8, L=4, C=2, S_n=S_r=32, 256 local experts: slot = 14528 B; 1 node: 7.1 MiB;

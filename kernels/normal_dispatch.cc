@@ -5,6 +5,10 @@
 //            (into the node ring to l) or a remote node n (into the RDMA ring to (n, h), carrying the
 //            mask of wanted local ranks of n and their ordinals). A stream advances its own cursor as
 //            far as its ring has room, so a full ring never holds up other destinations.
+//   relay    (several nodes, masked ranks: NormalState::via) the stream into node n of each node peer l
+//            this rank relays for, handed over on the node combine ring l -> us for node n (idle in
+//            dispatch), copied whole onto our RDMA ring to node n once our own stream to n is done, one
+//            peer after the other in ascending l: forwarder and combine rely on this order.
 //   forward  (several nodes) messages from the RDMA ring of each source node a, copied whole into the
 //            node ring of every local rank in their mask; a message moves once all of them have room.
 //   receive  messages of the node ring from each forwarder g (for one node: each source), written to
@@ -16,10 +20,11 @@
 // are placed directly: the same bytes at the same row, one copy less.
 //
 // Why this cannot deadlock: receiving never waits for anything; forwarding waits only for node-ring
-// credits, which receiving returns; sending waits only for credits, which forwarding and receiving
-// return. Each role's expected message counts come from the count exchange (or the handle), so a role
-// stops exactly at the end of this call's messages even if a fast peer has already queued its next
-// call's messages behind them in the same ring.
+// credits, which receiving returns; relaying waits for its peer's messages and RDMA credits, which
+// forwarding returns; sending waits only for credits, which forwarding, relaying and receiving return. Each
+// role's expected message counts come from the count exchange (or the handle), so a role stops exactly at the
+// end of this call's messages even if a fast peer has already queued its next call's messages behind them in
+// the same ring.
 #include <cstring>
 
 #include "kernels/normal_state.h"
@@ -39,6 +44,7 @@ class DispatchChannel : ChannelTask<DispatchJob> {
   StatusOr<bool> Pass(bool* progressed);  // one non-blocking pass of all roles; true when all are done
   Status SendStream(int n, uint32_t filter, RingSender& ring, int chunk, int* cursor, bool* progressed);
   Status SendSelf(bool* progressed);
+  Status Relay(int n, bool* progressed);
   Status Forward(int a, bool* progressed);
   Status Receive(int g, bool* progressed);
   // Writes one received token to row rank_prefix[src] + ordinal of the output.
@@ -47,6 +53,18 @@ class DispatchChannel : ChannelTask<DispatchJob> {
   Status PublishAll();
   void WriteMessage(uint8_t* m, int t, uint32_t mask) const;
   StatusOr<const uint8_t*> PayloadOf(const uint8_t* m, int src, int token) const;
+  // What this rank expects of the messages from node `from_node`'s RDMA ring or forwarder `from_local`.
+  DispatchMsgExpect Expect(int from_node, int from_local) const {
+    return {.rank = st_.rank,
+            .channel = c_,
+            .num_ranks = P_.R,
+            .local_size = L_,
+            .local = st_.local,
+            .from_node = from_node,
+            .from_local = from_local,
+            .rank_prefix = h_.rank_prefix,
+            .via = st_.via_here};
+  }
   std::string Diagnose() const;
 
   int t0_ = 0, t1_ = 0;  // this channel's tokens
@@ -57,6 +75,8 @@ class DispatchChannel : ChannelTask<DispatchJob> {
   int32_t next_ordinal_[kMaxNodes * kMaxLocalRanks] = {};
   int forwarded_[kMaxNodes] = {}, to_forward_[kMaxNodes] = {};
   int received_[kMaxLocalRanks] = {}, to_receive_[kMaxLocalRanks] = {};
+  // Relays: the node each node peer l is relayed into by this rank (-1: none), and its messages.
+  int relay_node_[kMaxLocalRanks] = {}, relayed_[kMaxLocalRanks] = {}, to_relay_[kMaxLocalRanks] = {};
 };
 
 void DispatchChannel::WriteMessage(uint8_t* m, int t, uint32_t mask) const {
@@ -68,7 +88,8 @@ void DispatchChannel::WriteMessage(uint8_t* m, int t, uint32_t mask) const {
   hdr->local_mask = mask;
   hdr->reserved = ml.pull ? kDispatchPull : 0;
   if (!ml.pull)  // zero-copy: the receiver copies the row from our DispatchInputBuffer (= in.x)
-    std::memcpy(m + ml.payload_off, in.x.data() + static_cast<size_t>(t) * ml.payload_bytes, ml.payload_bytes);
+    std::memcpy(m + ml.payload_off, in.x.data() + static_cast<size_t>(t) * ml.payload_bytes,
+                ml.payload_bytes);
   if (ml.scales_bytes)
     std::memcpy(m + ml.scales_off, in.x_scales.data() + static_cast<size_t>(t) * (ml.scales_bytes / 4),
                 ml.scales_bytes);
@@ -127,6 +148,23 @@ Status DispatchChannel::SendSelf(bool* progressed) {
   return Status::Ok();
 }
 
+Status DispatchChannel::Relay(int n, bool* progressed) {
+  if (node_cursor_[n] < t1_) return Status::Ok();  // our own stream goes first
+  RingSender& out = rings_.rd_send[n];
+  for (int l = 0; l < L_; ++l) {
+    if (relay_node_[l] != n) continue;
+    RingReceiver& in = rings_.nc_recv[l * NN_ + n];
+    // Unchecked here: the forwarder checks them like our own messages (it knows l is routed through us).
+    EPX_ASSIGN_OR_RETURN(
+        int moved, MoveMessages(in, out, to_relay_[l] - relayed_[l], job_.msg.bytes, P_.cfg.rdma_chunk));
+    relayed_[l] += moved;
+    *progressed |= moved > 0;
+    EPX_RETURN_IF_ERROR(in.Release());
+    if (relayed_[l] < to_relay_[l]) break;  // the next peer's stream follows this one's
+  }
+  return Status::Ok();
+}
+
 Status DispatchChannel::Forward(int a, bool* progressed) {
   RingReceiver& in = rings_.rd_recv[a];
   int& done = forwarded_[a];
@@ -134,9 +172,9 @@ Status DispatchChannel::Forward(int a, bool* progressed) {
     EPX_ASSIGN_OR_RETURN(uint64_t avail, in.Available());
     if (avail == 0) break;
     const uint8_t* m = in.Slot(0);
-    // Written by node a's same-index rank: checked before its mask and ordinal are used (normal_wire.h).
-    const DispatchMsgExpect want{.rank = st_.rank, .channel = c_, .num_ranks = P_.R, .local_size = L_,
-                                 .local = st_.local, .from_node = a, .rank_prefix = h_.rank_prefix};
+    // Written by node a's same-index rank (its own tokens, then those it relays): checked before its mask
+    // and ordinal are used (normal_wire.h).
+    const DispatchMsgExpect want = Expect(a, -1);
     StatusOr<DispatchMsgInfo> info = DecodeDispatchMsg({m, job_.msg.bytes}, want);
     if (!info.ok()) [[unlikely]]
       return internal::MakeError(info.status().code(), __FILE__, __LINE__, info.status().message());
@@ -214,14 +252,16 @@ StatusOr<const uint8_t*> DispatchChannel::PayloadOf(const uint8_t* m, int src, i
   const DispatchMsgLayout& ml = job_.msg;
   const int32_t mode = reinterpret_cast<const MsgHeader*>(m)->reserved;
   if (mode != (ml.pull ? kDispatchPull : 0))
-    return EPX_ERROR(kInvalidArgument,
-                     "normal dispatch: rank {} got a message from rank {} {} its rows, but dispatches {}: all ranks "
-                     "must pass the same DispatchInput::zero_copy",
-                     st_.rank, src, mode == kDispatchPull ? "referencing" : "carrying",
-                     ml.pull ? "zero-copy" : "with copies");
+    return EPX_ERROR(
+        kInvalidArgument,
+        "normal dispatch: rank {} got a message from rank {} {} its rows, but dispatches {}: all ranks "
+        "must pass the same DispatchInput::zero_copy",
+        st_.rank, src, mode == kDispatchPull ? "referencing" : "carrying",
+        ml.pull ? "zero-copy" : "with copies");
   if (!ml.pull) return m + ml.payload_off;
   if ((static_cast<size_t>(token) + 1) * ml.payload_bytes > P_.ZcXBytes())
-    return EPX_ERROR(kInternal, "normal dispatch: rank {} got token {} of rank {}, past its DispatchInputBuffer",
+    return EPX_ERROR(kInternal,
+                     "normal dispatch: rank {} got token {} of rank {}, past its DispatchInputBuffer",
                      st_.rank, token, src);
   return st_.ctx.node().Address(src, P_.ZcX()) + static_cast<size_t>(token) * ml.payload_bytes;
 }
@@ -229,10 +269,10 @@ StatusOr<const uint8_t*> DispatchChannel::PayloadOf(const uint8_t* m, int src, i
 Status DispatchChannel::Receive(int g, bool* progressed) {
   RingReceiver& ring = rings_.nd_recv[g];
   const DispatchMsgLayout& ml = job_.msg;
-  // Messages come from sources (a, g) of any node a, through forwarder g: checked before their source,
+  // Messages come from the sources routed through forwarder g ((a, g) of any node a, and those it relays):
+  // checked before their source,
   // token and ordinal are used (normal_wire.h).
-  const DispatchMsgExpect want{.rank = st_.rank, .channel = c_, .num_ranks = P_.R, .local_size = L_,
-                               .local = st_.local, .from_local = g, .rank_prefix = h_.rank_prefix};
+  const DispatchMsgExpect want = Expect(-1, g);
   while (received_[g] < to_receive_[g]) {
     EPX_ASSIGN_OR_RETURN(uint64_t avail, ring.Available());
     if (avail == 0) break;
@@ -243,8 +283,8 @@ Status DispatchChannel::Receive(int g, bool* progressed) {
       if (!info.ok()) [[unlikely]]
         return internal::MakeError(info.status().code(), __FILE__, __LINE__, info.status().message());
       EPX_ASSIGN_OR_RETURN(const uint8_t* payload, PayloadOf(m, info->src_rank, info->src_token));
-      EPX_RETURN_IF_ERROR(PlaceRow(info->src_rank, info->src_token, info->ordinal,
-                                   payload, reinterpret_cast<const float*>(m + ml.scales_off),
+      EPX_RETURN_IF_ERROR(PlaceRow(info->src_rank, info->src_token, info->ordinal, payload,
+                                   reinterpret_cast<const float*>(m + ml.scales_off),
                                    reinterpret_cast<const int64_t*>(m + ml.topk_off),
                                    reinterpret_cast<const float*>(m + ml.weights_off)));
     }
@@ -260,8 +300,12 @@ Status DispatchChannel::Receive(int g, bool* progressed) {
 Status DispatchChannel::PublishAll() {
   for (int l = 0; l < L_; ++l) EPX_RETURN_IF_ERROR(rings_.nd_send[l].Publish(job_.msg.bytes));
   if (NN_ == 1) return Status::Ok();
-  for (int n = 0; n < NN_; ++n)
-    if (n != st_.node) EPX_RETURN_IF_ERROR(rings_.rd_send[n].Publish(job_.msg.bytes));
+  for (int n = 0; n < NN_; ++n) {
+    if (n == st_.node) continue;
+    EPX_RETURN_IF_ERROR(rings_.rd_send[n].Publish(job_.msg.bytes));
+    const int via = st_.Via(st_.rank, n);
+    if (via != st_.local) EPX_RETURN_IF_ERROR(rings_.nc_send[via * NN_ + n].Publish(job_.msg.bytes));
+  }
   return st_.rdma->Flush(c_);  // also moves the credit fetch-adds of Forward
 }
 
@@ -280,6 +324,10 @@ std::string DispatchChannel::Diagnose() const {
     if (node_cursor_[n] < t1_)
       s +=
           fmt::format(" send to node {} at token {} ({});", n, node_cursor_[n], rings_.rd_send[n].Describe());
+    for (int l = 0; l < L_; ++l)
+      if (relay_node_[l] == n && relayed_[l] < to_relay_[l])
+        s += fmt::format(" relay rank {} into node {}: {} of {} ({});", st_.RankOf(st_.node, l), n,
+                         relayed_[l], to_relay_[l], rings_.nc_recv[l * NN_ + n].Describe());
     if (forwarded_[n] < to_forward_[n])
       s += fmt::format(" forward from node {}: {} of {} ({});", n, forwarded_[n], to_forward_[n],
                        rings_.rd_recv[n].Describe());
@@ -293,8 +341,9 @@ Status DispatchChannel::Run() {
   for (int l = 0; l < L_; ++l) {
     own_cursor_[l] = t0_;
     // Nothing comes through our own node ring: what we send or forward to ourselves is placed directly.
-    to_receive_[l] = l == st_.local ? 0 : ExpectedFromForwarder(h_, l, c_);
+    to_receive_[l] = l == st_.local ? 0 : ExpectedFromForwarder(st_, h_, l, c_);
   }
+  EPX_RETURN_IF_ERROR(RelayPlanOf(st_, h_, c_, relay_node_, to_relay_));
   for (int n = 0; n < NN_; ++n) {
     node_cursor_[n] = n == st_.node ? t1_ : t0_;  // own node: sent through the node rings directly
     const int* fp = &h_.fwd_prefix[static_cast<size_t>(c_) * (NN_ + 1)];
@@ -319,11 +368,18 @@ StatusOr<bool> DispatchChannel::Pass(bool* progressed) {
   }
   for (int i = 1; i < NN_; ++i) {
     const int n = (st_.node + i) % NN_;
-    EPX_RETURN_IF_ERROR(
-        SendStream(n, ~0u, rings_.rd_send[n], P_.cfg.rdma_chunk, &node_cursor_[n], progressed));
+    const int via = st_.Via(st_.rank, n);
+    if (via == st_.local)
+      EPX_RETURN_IF_ERROR(
+          SendStream(n, ~0u, rings_.rd_send[n], P_.cfg.rdma_chunk, &node_cursor_[n], progressed));
+    else  // relayed: the stream goes to our relay, over the node combine ring for node n (idle in dispatch)
+      EPX_RETURN_IF_ERROR(
+          SendStream(n, ~0u, rings_.nc_send[via * NN_ + n], P_.cfg.node_chunk, &node_cursor_[n], progressed));
+    EPX_RETURN_IF_ERROR(Relay(n, progressed));
     EPX_RETURN_IF_ERROR(Forward(n, progressed));
     done &= node_cursor_[n] == t1_ && forwarded_[n] == to_forward_[n];
   }
+  for (int l = 0; l < L_; ++l) done &= relayed_[l] == to_relay_[l];
   for (int g = 0; g < L_; ++g) {
     EPX_RETURN_IF_ERROR(Receive(g, progressed));
     done &= received_[g] == to_receive_[g];

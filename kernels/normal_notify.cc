@@ -13,9 +13,13 @@
 // receiver's arrival counter on the same QP), and the arrival counter is cumulative: each exchange adds
 // one per live remote node (NormalState::notify_target keeps the sum).
 //
-// Masked nodes (several nodes: NormalBuffer::MaskRank masks whole nodes): no block goes to a masked
-// node and none is awaited from it; its inbox block here is zeroed, so its node row reads "no tokens to
-// forward" and its ranks' rows are the zero rows written below for every masked source.
+// Masked ranks (NormalBuffer::MaskRank): no block goes to a wholly masked node and none is awaited from a
+// masked source; its inbox block here is zeroed, so its node row reads "no tokens to forward", and its
+// rows are the zero rows written below for every masked source. A live source (a, l) whose same-index
+// rank (b, l) is masked is relayed (NormalState::via): it puts its block for node b into the heap of its
+// relay (a, g) (body, then the stamp with a release store), and (a, g) RDMA-writes it into (b, g)'s inbox
+// slot for source (a, l), which relays its rows like those of (a, g)'s own block. Inbox blocks are per
+// source (node a, local k) for this reason.
 //
 // Reuse without barriers: tables, inboxes and outboxes have two copies, chosen by the epoch's parity.
 // A writer fills copy p in exchange e+2 only after finishing exchange e+1, which needed a row from
@@ -84,28 +88,70 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
         if (!st.masked[st.RankOf(b, l)])
           EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), me, box + l * P.count_row));
     } else if (!st.NodeMasked(n)) {
-      EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Outbox(p, n), P.Inbox(p, b),
-                                          (L + 1) * P.count_row, P.NotifyCounter(), 1));
+      const int via = st.Via(me, n);
+      if (via == g) {
+        EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Outbox(p, n), P.Inbox(p, b, g),
+                                            (L + 1) * P.count_row, P.NotifyCounter(), 1));
+      } else {  // relayed (NormalState::via): the relay sends the block on; the stamp goes last (release)
+        EPX_RETURN_IF_ERROR(shm.Put(st.RankOf(b, via), P.Relay(p, g) + 64, box, (L + 1) * P.count_row));
+        shm.AtomicStore(st.RankOf(b, via), P.Relay(p, g), e);
+      }
     }
   }
+  h->relay.clear();
   if (NN > 1) {
+    EPX_RETURN_IF_ERROR(st.rdma->Flush(0));  // our own blocks move while we wait for the ones we relay
+    // The blocks this rank relays, once their ranks have handed them over (they do so first thing in
+    // their exchange, waiting for nothing). Their node rows are what this rank will relay per channel.
+    for (int l = 0; l < L; ++l)
+      for (int n = 0; n < NN; ++n) {
+        if (!st.Relays(l, n)) continue;
+        const int src = st.RankOf(b, l);
+        EPX_RETURN_IF_ERROR(WaitUntil(
+            [&] { return shm.AtomicLoad(me, P.Relay(p, l)) >= e; },
+            Deadline::After(std::chrono::milliseconds(st.timeout_ms)),
+            [&](int64_t ms) {
+              return fmt::format(
+                  "normal dispatch count exchange #{} on rank {}: rank {} did not hand over its counts for "
+                  "node {} (this rank relays them) after {} ms",
+                  e, me, src, n, ms);
+            },
+            &st.ctx.liveness(), "the count exchange of a normal dispatch"));
+        EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Relay(p, l) + 64, P.Inbox(p, b, l),
+                                            (L + 1) * P.count_row, P.NotifyCounter(), 1));
+        if (h->relay.empty()) h->relay.assign(static_cast<size_t>(C) * L, 0);
+        const CountRowRef node_row{st.heap() + P.Relay(p, l) + 64 + L * P.count_row, C};
+        for (int c = 0; c < C; ++c) {
+          const int32_t v = node_row.chan()[c];
+          if (v < 0)
+            return EPX_ERROR(
+                kInternal,
+                "normal dispatch count exchange: rank {} relays {} tokens of rank {} on channel {}", me, v,
+                src, c);
+          h->relay[static_cast<size_t>(c) * L + l] = v;
+        }
+      }
     EPX_RETURN_IF_ERROR(st.rdma->Flush(0));
-    for (int a = 0; a < NN; ++a)
-      if (a != b && !st.NodeMasked(a)) ++st.notify_target;
-    EPX_RETURN_IF_ERROR(
-        st.rdma->WaitCounter(P.NotifyCounter(), st.notify_target,
-                             "normal dispatch count exchange (blocks from same-index ranks)"));
+    // One block from every live source routed through this rank (its own index, and those relayed to it).
+    for (int s = 0; s < R; ++s)
+      if (s / L != b && st.Via(s, b) == g) ++st.notify_target;
+    EPX_RETURN_IF_ERROR(st.rdma->WaitCounter(P.NotifyCounter(), st.notify_target,
+                                             "normal dispatch count exchange (blocks from other nodes)"));
     for (int a = 0; a < NN; ++a) {
       if (a == b) continue;
-      if (st.NodeMasked(a)) {  // nothing came (nor will): its block reads "no tokens" (DecodeNodeRows)
-        std::memset(st.heap() + P.Inbox(p, a), 0, (L + 1) * P.count_row);
-        continue;
+      for (int k = 0; k < L; ++k) {
+        const int src = st.RankOf(a, k);
+        uint8_t* box = st.heap() + P.Inbox(p, a, k);
+        if (st.Via(src, b) != g) {  // no block (masked source, or routed elsewhere): it reads "no tokens"
+          std::memset(box, 0, (L + 1) * P.count_row);
+          continue;
+        }
+        for (int l = 0; l < L; ++l)
+          if (!st.masked[st.RankOf(b, l)])
+            EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), src, box + l * P.count_row));
       }
-      const uint8_t* box = st.heap() + P.Inbox(p, a);
-      for (int l = 0; l < L; ++l)
-        EPX_RETURN_IF_ERROR(put_row(st.RankOf(b, l), st.RankOf(a, g), box + l * P.count_row));
     }
-    EPX_RETURN_IF_ERROR(st.rdma->Quiet(0));  // outbox copy p is rewritten two exchanges later
+    EPX_RETURN_IF_ERROR(st.rdma->Quiet(0));  // outbox and relay copies p are rewritten two exchanges later
   }
 
   // A masked source sends nothing (NormalBuffer::MaskRank): its row here reads "no tokens",
@@ -141,8 +187,8 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
   const Status rows = DecodeCountRows({st.heap() + P.CountRow(p, 0), P.count_row * R}, P.count_row,
                                       CountRowsExpect{me, R, C, epr, P.lim.max_topk, shape}, h);
   if (!rows.ok()) return internal::MakeError(rows.code(), __FILE__, __LINE__, rows.message());
-  const Status fwd = DecodeNodeRows({st.heap() + P.Inbox(p, 0), P.count_row * (L + 1) * NN}, P.count_row,
-                                    NodeRowsExpect{me, b, NN, L, C}, h);
+  const Status fwd = DecodeNodeRows({st.heap() + P.Inbox(p, 0, 0), P.InboxBytes()}, P.count_row,
+                                    NodeRowsExpect{me, b, NN, L, C, L}, h);
   if (!fwd.ok()) return internal::MakeError(fwd.code(), __FILE__, __LINE__, fwd.message());
   h->fwd_masks.assign(h->fwd_prefix.empty() ? 0 : h->fwd_prefix.back(), 0);
   return Status::Ok();

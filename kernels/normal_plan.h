@@ -61,10 +61,15 @@ struct NormalPlan {
   // --- count exchange ---
   // Row that source s writes (directly or through its forwarder) into this rank's table.
   size_t CountRow(int p, int s) const { return counts_ + count_row * (p * R + s); }
-  // Block of L rows + one node row that source node a RDMA-writes into the same-index rank.
-  size_t Inbox(int p, int a) const { return inbox_ + count_row * (L + 1) * (p * NN + a); }
+  // Block of L rows + one node row that source (a, k) RDMA-writes into this rank: k is this rank's own
+  // local index, or a node peer of (a, k)'s that relays for it (NormalState::via).
+  size_t Inbox(int p, int a, int k) const { return inbox_ + count_row * (L + 1) * ((p * NN + a) * L + k); }
+  size_t InboxBytes() const { return count_row * (L + 1) * NN * L; }  // all blocks of one parity
   // The local staging copy of the block for destination node b.
   size_t Outbox(int p, int b) const { return outbox_ + count_row * (L + 1) * (p * NN + b); }
+  // In the heap of relay g: a 64-byte stamp (the exchange's epoch, release-stored last) and the block that
+  // node peer l hands to g for the one node g relays it to (NormalState::via).
+  size_t Relay(int p, int l) const { return relay_ + (64 + count_row * (L + 1)) * (p * L + l); }
 
   // --- zero-copy inputs (NormalLimits::max_zero_copy_tokens; empty when 0) ---
   // Rows x the user writes for a zero-copy dispatch: node peers copy them from here.
@@ -80,7 +85,7 @@ struct NormalPlan {
   size_t zero_end() const { return counters_; }
 
  private:
-  size_t words_ = 0, counters_ = 0, counts_ = 0, inbox_ = 0, outbox_ = 0;
+  size_t words_ = 0, counters_ = 0, counts_ = 0, inbox_ = 0, outbox_ = 0, relay_ = 0;
   size_t nd_ = 0, nc_ = 0, rd_recv_ = 0, rd_stage_ = 0, rc_recv_ = 0, rc_stage_ = 0;
   size_t zc_x_ = 0, zc_x_bytes_ = 0, zc_y_ = 0, zc_y_bytes_ = 0;
 };

@@ -49,12 +49,23 @@ struct NormalState {
   BackoffPolicy idle;   // channel threads' back-off: the generic one with cfg.idle_yields yields
   bool broken = false;  // a call failed midway: rings are in an unknown state
   // Masking (NormalBuffer::MaskRank): masked[r] != 0 -> r gets no tokens, sends none, and no wait is for
-  // it. Several nodes: only whole nodes (NodeMasked), checked at each call. Changed only between calls, by
-  // the caller's thread.
+  // it (several nodes: see `via` below). Changed only between calls, by the caller's thread.
   std::vector<uint8_t> masked;      // [R]
   uint64_t mask_epoch = 0;          // bumped by every change; handles remember it
   std::vector<uint64_t> masked_at;  // [R] `calls` when r was masked (UnmaskRank's check)
   uint64_t calls = 0;               // dispatch and combine calls begun
+  // Routes into each node (several nodes; UpdateRoutes after every mask change): via[s * NN + n] = the
+  // local index of the rank of node n through which source s's tokens enter n and their partials leave
+  // it; -1 for a masked s. Normally s's own index l (RDMA flows between same-index ranks only). When
+  // (n, l) is masked but node n is not, s = (a, l) is RELAYED: it hands its node-n stream (count block,
+  // tokens) over shared memory to the relay (a, g), g the first index after l (cyclic) live on both
+  // nodes, which sends it on its own RDMA ring to (n, g) right after its own stream; (n, g) forwards it
+  // like its own, and in combine the partials come back the same way (g hands them to l over the node
+  // dispatch ring g -> l, idle in combine; the tokens go l -> g over the node combine ring for node n,
+  // idle in dispatch). route_error: why the current mask leaves some live rank without a route.
+  std::vector<int8_t> via;       // [R * NN]
+  std::vector<int8_t> via_here;  // [R]: Via(s, node), the forwarder on this node of each source
+  std::string route_error;
 
   explicit NormalState(Context& c) : ctx(c) {}
   int RankOf(int node_index, int l) const { return node_index * plan.L + l; }
@@ -65,6 +76,10 @@ struct NormalState {
     return true;
   }
   uint8_t* heap() const { return ctx.heap().base(); }
+  int Via(int s, int n) const { return via[static_cast<size_t>(s) * plan.NN + n]; }
+  // This rank relays node peer l's stream into node n.
+  bool Relays(int l, int n) const { return l != local && n != node && Via(RankOf(node, l), n) == local; }
+  void UpdateRoutes();  // kernels/normal.cc
 };
 
 // Tokens [begin, end) of channel c on a rank with n tokens: contiguous ranges of ceil(n/C).
@@ -74,15 +89,44 @@ inline void ChannelRange(int n, int C, int c, int* begin, int* end) {
   *end = std::min(n, per * (c + 1));
 }
 
-// The rows one rank expects from the forwarder with local index g on channel c: tokens of sources
-// (a, g) for every node a, in that channel.
-inline int ExpectedFromForwarder(const NormalHandle& h, int g, int c) {
-  const int L = h.local_size, NN = h.num_ranks / L, C = h.num_channels;
+// The rows rank (b, x) expects from the forwarder with local index g on channel c: tokens of the sources
+// whose route into node b is g (NormalState::via: (a, g) of every node a, and those g relays), in c.
+inline int ExpectedFromForwarder(const NormalState& st, const NormalHandle& h, int g, int c) {
+  const int C = h.num_channels;
   int n = 0;
-  for (int a = 0; a < NN; ++a) {
-    const int* p = &h.recv_channel_prefix[static_cast<size_t>(a * L + g) * (C + 1)];
+  for (int s = 0; s < h.num_ranks; ++s) {
+    if (st.Via(s, st.node) != g) continue;
+    const int* p = &h.recv_channel_prefix[static_cast<size_t>(s) * (C + 1)];
     n += p[c + 1] - p[c];
   }
+  return n;
+}
+
+// What this rank relays on channel c, per node peer l: into which node (-1: none) and how many messages
+// (the handle's relay counts; a relayed stream carries one message per token each way).
+inline Status RelayPlanOf(const NormalState& st, const NormalHandle& h, int c, int* relay_node,
+                          int* to_relay) {
+  const int L = st.plan.L;
+  for (int l = 0; l < L; ++l) {
+    relay_node[l] = -1;
+    for (int n = 0; n < st.plan.NN; ++n)
+      if (st.Relays(l, n)) relay_node[l] = n;
+    to_relay[l] = h.relay.empty() ? 0 : h.relay[static_cast<size_t>(c) * L + l];
+    EPX_CHECK_OR_RETURN(relay_node[l] >= 0 || to_relay[l] == 0,
+                        "rank {} channel {}: the handle has {} tokens of rank {} to relay, the routes none",
+                        st.rank, c, to_relay[l], st.RankOf(st.node, l));
+  }
+  return Status::Ok();
+}
+
+// The sources whose stream into node b arrives through forwarder (b, g) from node a, in ring order: (a, g)
+// itself, then the ones (a, g) relays, ascending. Returns their number.
+inline int RingSources(const NormalState& st, int a, int b, int g, int* out) {
+  int n = 0;
+  const int own = st.RankOf(a, g);
+  if (st.Via(own, b) == g) out[n++] = own;
+  for (int l = 0; l < st.plan.L; ++l)
+    if (l != g && st.Via(st.RankOf(a, l), b) == g) out[n++] = st.RankOf(a, l);
   return n;
 }
 

@@ -102,13 +102,13 @@ Status DecodeCountRows(std::span<const uint8_t> table, size_t stride, const Coun
 
 Status DecodeNodeRows(std::span<const uint8_t> inbox, size_t stride, const NodeRowsExpect& x,
                       NormalHandle* h) {
-  const int NN = x.nodes, L = x.local_size, C = x.channels;
-  if (NN < 1 || L < 1 || C < 1 || x.node < 0 || x.node >= NN ||
-      !RowsFit(inbox.size(), stride, static_cast<size_t>(NN) * (L + 1), CountRowBytes(C, 0)))
+  const int NN = x.nodes, L = x.local_size, C = x.channels, K = x.blocks;
+  if (NN < 1 || L < 1 || C < 1 || K < 1 || x.node < 0 || x.node >= NN ||
+      !RowsFit(inbox.size(), stride, static_cast<size_t>(NN) * K * (L + 1), CountRowBytes(C, 0)))
     return Corrupt(
         fmt::format("normal dispatch count exchange: rank {}: an inbox of {} bytes (rows of {} bytes) "
                     "cannot hold {} blocks of {} rows of {} channels",
-                    x.rank, inbox.size(), stride, NN, L + 1, C));
+                    x.rank, inbox.size(), stride, NN * K, L + 1, C));
   h->fwd_prefix.assign(static_cast<size_t>(C) * (NN + 1), 0);
   int64_t off = 0;
   for (int c = 0; c < C; ++c) {
@@ -116,32 +116,37 @@ Status DecodeNodeRows(std::span<const uint8_t> inbox, size_t stride, const NodeR
     for (int a = 0; a < NN; ++a) {
       fp[a] = static_cast<int>(off);
       if (a == x.node) continue;
-      const size_t block = static_cast<size_t>(a) * (L + 1) * stride;
-      const size_t chan = 16 + 4 * static_cast<size_t>(c);
-      int64_t most = 0, sum = 0;
-      for (int l = 0; l < L; ++l) {
-        const int32_t n = I32At(inbox, block + static_cast<size_t>(l) * stride + chan);
-        if (n < 0)
+      for (int k = 0; k < K; ++k) {
+        auto from = [&] {
+          return K > 1 ? fmt::format("node {} (source rank {})", a, a * L + k) : fmt::format("node {}", a);
+        };
+        const size_t block = (static_cast<size_t>(a) * K + k) * (L + 1) * stride;
+        const size_t chan = 16 + 4 * static_cast<size_t>(c);
+        int64_t most = 0, sum = 0;
+        for (int l = 0; l < L; ++l) {
+          const int32_t n = I32At(inbox, block + static_cast<size_t>(l) * stride + chan);
+          if (n < 0)
+            return Corrupt(
+                fmt::format("normal dispatch count exchange: rank {}: {} sent {} tokens for "
+                            "its local rank {} on channel {} (allowed 0..{})",
+                            x.rank, from(), n, l, c, INT32_MAX));
+          most = std::max<int64_t>(most, n);
+          sum += n;
+        }
+        const int32_t fwd = I32At(inbox, block + static_cast<size_t>(L) * stride + chan);
+        if (fwd < most || fwd > sum)
           return Corrupt(
-              fmt::format("normal dispatch count exchange: rank {}: node {} sent {} tokens for "
-                          "its local rank {} on channel {} (allowed 0..{})",
-                          x.rank, a, n, l, c, INT32_MAX));
-        most = std::max<int64_t>(most, n);
-        sum += n;
+              fmt::format("normal dispatch count exchange: rank {}: {} announced {} tokens to "
+                          "forward on channel {} (allowed {}..{}: from the most any local rank gets "
+                          "to what they get together)",
+                          x.rank, from(), fwd, c, most, sum));
+        off += fwd;
+        if (off > INT32_MAX)
+          return Corrupt(
+              fmt::format("normal dispatch count exchange: rank {}: {} tokens to forward up to node {} "
+                          "channel {} (allowed 0..{})",
+                          x.rank, off, a, c, INT32_MAX));
       }
-      const int32_t fwd = I32At(inbox, block + static_cast<size_t>(L) * stride + chan);
-      if (fwd < most || fwd > sum)
-        return Corrupt(
-            fmt::format("normal dispatch count exchange: rank {}: node {} announced {} tokens to "
-                        "forward on channel {} (allowed {}..{}: from the most any local rank gets "
-                        "to what they get together)",
-                        x.rank, a, fwd, c, most, sum));
-      off += fwd;
-      if (off > INT32_MAX)
-        return Corrupt(
-            fmt::format("normal dispatch count exchange: rank {}: {} tokens to forward up to node {} "
-                        "channel {} (allowed 0..{})",
-                        x.rank, off, a, c, INT32_MAX));
     }
     fp[NN] = static_cast<int>(off);
   }
@@ -172,12 +177,12 @@ Status DispatchMsgError(std::span<const uint8_t> m, const DispatchMsgExpect& x) 
   if (h.src_token < 0)
     return Corrupt(
         fmt::format("{}: source rank {} token index {} (allowed >= 0)", who, h.src_rank, h.src_token));
-  if (x.from_node >= 0 && h.src_rank != x.from_node * L + x.local)
-    return Corrupt(fmt::format("{}: source rank {} (only rank {} sends on this ring)", who, h.src_rank,
-                               x.from_node * L + x.local));
-  if (x.from_local >= 0 && h.src_rank % L != x.from_local)
-    return Corrupt(fmt::format("{}: source rank {} (allowed: ranks with local index {})", who, h.src_rank,
-                               x.from_local));
+  if (x.from_node >= 0 && !FromNodeOk(h.src_rank, x))
+    return Corrupt(fmt::format("{}: source rank {} (only rank {}{} sends on this ring)", who, h.src_rank,
+                               x.from_node * L + x.local, x.via.empty() ? "" : " and the ranks it relays"));
+  if (x.from_local >= 0 && !FromLocalOk(h.src_rank, x))
+    return Corrupt(fmt::format("{}: source rank {} (allowed: ranks {} local index {})", who, h.src_rank,
+                               x.via.empty() ? "with" : "routed through", x.from_local));
   if (x.from_local >= 0 && !(h.local_mask >> x.local & 1))
     return Corrupt(
         fmt::format("{}: source rank {} token {} with local mask {:#x} that does not include local "

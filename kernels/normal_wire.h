@@ -64,12 +64,14 @@ struct NodeRowsExpect {
   int nodes = 1;       // NN blocks
   int local_size = 1;  // L rows precede the node row of a block
   int channels = 1;    // C
+  int blocks = 1;      // K blocks per node: one per source local index (relayed sources, NormalState::via)
 };
 
-// Decodes the node rows of `inbox` (block a at a * (L + 1) * stride, from node a's rank with this rank's
-// local index) into h->fwd_prefix [C, NN + 1]. A node row counts tokens with an expert anywhere in this
-// node, so per channel it lies between the largest and the sum of the block's L rank rows: a peer cannot
-// announce more forwarding than its rows account for.
+// Decodes the node rows of `inbox` (block (a, k) at (a * K + k) * (L + 1) * stride: from source (a, k),
+// sent by node a's rank with this rank's local index; blocks of sources that send none read zero) into
+// h->fwd_prefix [C, NN + 1], summing a node's K blocks. A node row counts tokens with an expert anywhere in
+// this node, so per channel it lies between the largest and the sum of the block's L rank rows: a peer
+// cannot announce more forwarding than its rows account for.
 Status DecodeNodeRows(std::span<const uint8_t> inbox, size_t stride, const NodeRowsExpect& x,
                       NormalHandle* h);
 
@@ -84,7 +86,22 @@ struct DispatchMsgExpect {
   int from_node = -1;
   int from_local = -1;
   std::span<const int> rank_prefix;  // [R + 1]: rows of each source at this rank (ordinal bound)
+  // [R] or empty: the local index of the forwarder on this node of each source (NormalState::via, -1
+  // for a masked source). Empty: every source's own local index (no masked ranks).
+  std::span<const int8_t> via;
 };
+
+// Whether source s may send on the ring the expectation describes (see DispatchMsgExpect).
+inline bool FromNodeOk(int s, const DispatchMsgExpect& x) {
+  if (s / x.local_size != x.from_node) return false;
+  return x.via.empty() ? s % x.local_size == x.local
+                       : static_cast<size_t>(s) < x.via.size() && x.via[static_cast<size_t>(s)] == x.local;
+}
+inline bool FromLocalOk(int s, const DispatchMsgExpect& x) {
+  return x.via.empty()
+             ? s % x.local_size == x.from_local
+             : static_cast<size_t>(s) < x.via.size() && x.via[static_cast<size_t>(s)] == x.from_local;
+}
 
 struct DispatchMsgInfo {
   int src_rank = 0;
@@ -109,8 +126,8 @@ inline StatusOr<DispatchMsgInfo> DecodeDispatchMsg(std::span<const uint8_t> m, c
   DispatchMsgInfo r{h.src_rank, h.src_token, h.local_mask, -1};
   bool ok = h.local_mask != 0 && (L == 32 || h.local_mask >> L == 0) && h.src_rank >= 0 &&
             h.src_rank < x.num_ranks && h.src_token >= 0;
-  if (ok && x.from_node >= 0) ok = h.src_rank == x.from_node * L + x.local;
-  if (ok && x.from_local >= 0) ok = h.src_rank % L == x.from_local && (h.local_mask >> x.local & 1);
+  if (ok && x.from_node >= 0) ok = FromNodeOk(h.src_rank, x);
+  if (ok && x.from_local >= 0) ok = FromLocalOk(h.src_rank, x) && (h.local_mask >> x.local & 1);
   if (ok && (h.local_mask >> x.local & 1)) {
     std::memcpy(&r.ordinal, m.data() + sizeof(MsgHeader) + 4 * static_cast<size_t>(x.local),
                 sizeof(r.ordinal));

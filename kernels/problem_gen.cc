@@ -30,6 +30,13 @@ void GeneratedProblem::HashRow(uint64_t salt, int a, int b, int c, int hidden, b
   for (int j = 0; j < hidden; ++j) out[j] = FloatToBf16(HashFloat(Mix(base + j)));
 }
 
+std::vector<bf16> GeneratedProblem::HashedOutputs(uint64_t salt, int rank, const RefDispatch& d, int hidden) {
+  std::vector<bf16> y(static_cast<size_t>(d.num_rows) * hidden);
+  for (int i = 0; i < d.num_rows; ++i)
+    HashRow(salt, rank, d.src_rank[i], d.src_idx[i], hidden, &y[static_cast<size_t>(i) * hidden]);
+  return y;
+}
+
 void GeneratedProblem::Bf16Row(const ProblemSpec& s, int rank, int token, bf16* out) {
   if (s.rank_coded) {
     const bf16 v{static_cast<uint16_t>((rank << 10 | token) & 0x7fff)};

@@ -42,6 +42,9 @@ class GeneratedProblem {
   static void Bf16Row(const ProblemSpec& s, int rank, int token, bf16* out);
   // A BF16 row derived from (salt, a, b, c): expert outputs and biases in tests and benchmarks.
   static void HashRow(uint64_t salt, int a, int b, int c, int hidden, bf16* out);
+  // Normal-mode expert outputs of `rank` for the rows of its reference dispatch d: row i = HashRow(salt,
+  // rank, source, token), so a reference combine needs no data from other ranks. [d.num_rows, hidden].
+  static std::vector<bf16> HashedOutputs(uint64_t salt, int rank, const RefDispatch& d, int hidden);
 
  private:
   void MakeRow(int rank, int token, uint8_t* x, float* scales) const;

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 namespace epx {
 namespace {
 
@@ -78,8 +80,8 @@ std::string RingEnd::Fresh(const std::atomic<uint64_t>* word, size_t counter_off
 }
 
 std::string RingSender::Describe() const {
-  return fmt::format("{}: written {} published {} credit {} (now {}) of {} slots", Name(), written_, published_,
-                     credit_, Fresh(credit_word_, spec_.credit_off), spec_.num_slots);
+  return fmt::format("{}: written {} published {} credit {} (now {}) of {} slots", Name(), written_,
+                     published_, credit_, Fresh(credit_word_, spec_.credit_off), spec_.num_slots);
 }
 
 Status RingReceiver::Release() {
@@ -97,6 +99,22 @@ Status RingReceiver::Release() {
 std::string RingReceiver::Describe() const {
   return fmt::format("{}: head {} tail {} (now {}) released {} of {} slots", Name(), head_, tail_,
                      Fresh(tail_word_, spec_.tail_off), released_, spec_.num_slots);
+}
+
+StatusOr<int> MoveMessages(RingReceiver& in, RingSender& out, int max, uint32_t msg_bytes, int chunk) {
+  int moved = 0;
+  while (moved < max) {
+    EPX_ASSIGN_OR_RETURN(uint64_t avail, in.Available());
+    if (avail == 0) break;
+    EPX_ASSIGN_OR_RETURN(bool room, out.HasRoom());
+    if (!room) break;
+    std::memcpy(out.NextSlot(), in.Slot(0), msg_bytes);
+    out.Push();
+    in.Consume(1);
+    ++moved;
+    if (out.unpublished() >= static_cast<uint64_t>(chunk)) EPX_RETURN_IF_ERROR(out.Publish(msg_bytes));
+  }
+  return moved;
 }
 
 }  // namespace epx

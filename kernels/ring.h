@@ -135,4 +135,9 @@ class RingReceiver : public RingEnd {
   uint64_t head_ = 0, tail_ = 0, released_ = 0;
 };
 
+// Copies whole messages (`msg_bytes` each) from the head of `in` to `out`, at most `max`, as far as `in` has
+// messages and `out` room; publishes `out` every `chunk` messages. Returns how many moved (`in` is released
+// by the caller). Relays of normal mode pass a stream through unchanged this way.
+StatusOr<int> MoveMessages(RingReceiver& in, RingSender& out, int max, uint32_t msg_bytes, int chunk);
+
 }  // namespace epx

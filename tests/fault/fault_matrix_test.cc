@@ -28,15 +28,14 @@
 // (with the victim before its death, without it after; fault_worker.cc MaskWant() says exactly which
 // call must equal which). The victim dies at each LL point, every rank in turn on 2 nodes x 2, two ranks on
 // 1 node x 4 and one on 4 nodes x 1, with one or two LL channels (MakeMaskCells). Then the survivors go on
-// in normal mode without the victim (NormalBuffer::MaskRank): 2 rounds checked bitwise where the victim is
-// a whole node (1 x 4, 4 x 1), the kUnsupported refusal of the first call where it leaves live ranks on its
-// node (2 x 2; normal mode masks whole nodes across nodes). Asserted per cell: the victim died at the
-// point; epx-run exits 137 naming it; every survivor logged the library's mask warning for the victim within
-// EPX_TIMEOUT + 1 s of the death (printed: seconds from the death to that warning), printed "masked [V], 3
-// rounds checked after the death", no check failed, and exited 0 -- and went on at once: no wait of a
-// survivor ran into its deadline and every survivor was done within EPX_TIMEOUT / 2 of the death (a survivor
-// stuck in a wait for the dead rank until the deadline would pass every other check); nothing left behind. A
-// second table lists the times.
+// in normal mode without the victim (NormalBuffer::MaskRank): 2 rounds checked bitwise, on every topology
+// (on 2 x 2 the victim's same-index rank on the other node is relayed by its node peer). Asserted per cell:
+// the victim died at the point; epx-run exits 137 naming it; every survivor logged the library's mask warning
+// for the victim within EPX_TIMEOUT + 1 s of the death (printed: seconds from the death to that warning),
+// printed "masked [V], 3 rounds checked after the death", no check failed, and exited 0 -- and went on at
+// once: no wait of a survivor ran into its deadline and every survivor was done within EPX_TIMEOUT / 2 of the
+// death (a survivor stuck in a wait for the dead rank until the deadline would pass every other check);
+// nothing left behind. A second table lists the times.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -301,8 +300,8 @@ TEST(FaultMatrixBaseline, WithoutAFaultMaskModeChecksEveryRound) {
 // A rank that exits between calls (no EPX_FAULT, no low-latency buffer that would have masked it): the
 // survivors mask it with NormalBuffer::MaskRank alone and go on (fault_worker --exit-between). Their
 // staggered start makes the others wait in the first call without it long enough for the liveness scan to see
-// the exit, so a mask that left the death unacknowledged would fail that call. Where the exited rank leaves a
-// live rank on its node (2 x 2) the survivors check the kUnsupported refusal instead.
+// the exit, so a mask that left the death unacknowledged would fail that call. On 2 x 2 the exited rank
+// leaves a live rank on its node: its same-index rank on the other node is relayed.
 TEST(FaultMatrixNormalMask, SurvivorsMaskARankThatExitedBetweenCallsAndGoOn) {
   constexpr int kGone = 2;
   for (int nodes : {1, 4, 2}) {
@@ -322,8 +321,8 @@ TEST(FaultMatrixNormalMask, SurvivorsMaskARankThatExitedBetweenCallsAndGoOn) {
           << "rank " << r << " before the exit:\n"
           << l.out;
       if (r == kGone) continue;
-      const std::string want = fmt::format("fault-worker: rank {} normal mode without [{}]: {}", r, kGone,
-                                           nodes == 2 ? "refused as expected" : "2 rounds checked");
+      const std::string want =
+          fmt::format("fault-worker: rank {} normal mode without [{}]: 2 rounds checked", r, kGone);
       EXPECT_NE(l.out.find(want), std::string::npos) << "no '" << want << "':\n" << l.out;
     }
     NothingLeft(p, before);
@@ -466,9 +465,8 @@ TEST_P(FaultMatrixMasked, SurvivorsMaskTheDeadRankAndMatchTheReferenceWithoutIt)
   // --rounds is ignored with a victim: the worker runs up to the round of the death and 3 more.
   const Finished l = RunJob(c.nodes, spec, 0, {"--mask", "--ll-channels", std::to_string(c.channels)});
   MaskRow row{MaskCellName(c), c.victim, {}, 0, "", "", "FAIL"};
-  // Then normal mode without the victim (fault_worker.cc RunNormalPhase): checked rounds where the victim is
-  // a whole node (1 node, or 4 nodes x 1), a kUnsupported refusal where it leaves live ranks on its node.
-  const std::string normal_want = c.nodes == 2 ? "refused" : "checked 2";
+  // Then normal mode without the victim (fault_worker.cc RunNormalPhase): 2 checked rounds.
+  const std::string normal_want = "checked 2";
   std::set<std::string> normal_seen;
   const RecordRow record(row, MaskRows());
   Parsed p;
@@ -579,8 +577,8 @@ void PrintMasked() {
       "death until the last survivor finished them (bound {} s). \"either-way calls\": (survivor, call) "
       "pairs that could legitimately keep or drop the victim's part (fault_worker.cc MaskWant) and what "
       "they did. \"normal after\": then the survivors' NormalBuffer without the victim (MaskRank): 2 rounds "
-      "checked bitwise against the reference without it, or, where the victim leaves live ranks on its node "
-      "(2x2), the kUnsupported refusal of the first call (normal mode masks whole nodes across nodes).\n\n",
+      "checked bitwise against the reference without it (on 2x2 through a relay: the victim's same-index "
+      "rank on the other node sends through a node peer).\n\n",
       kTimeoutMs / 1000 + 1, kTimeoutMs / 2000.0);
   t += TableHead("cell (EPX_FAULT point, hit, victim, topology, LL channels)", kRanks,
                  {"max", "done", "either-way calls", "normal after", "result"});

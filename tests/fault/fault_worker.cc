@@ -16,7 +16,7 @@
 // MaskedRanks() == {victim} and exits 0 with
 //   fault-worker: rank R masked [V], N rounds checked after the death (...)
 // Then the survivors go on in normal mode without the masked rank (a NormalBuffer made at setup; see
-// RunNormalPhase: checked rounds where the mask covers whole nodes, else a checked kUnsupported refusal).
+// RunNormalPhase: checked rounds).
 // A wrong result prints "fault-worker: rank R CHECK FAILED ..." and the rank exits 4 after its rounds.
 // Without EPX_FAULT, --mask runs `--rounds` checked rounds against the full reference (the baseline), and
 // the normal phase with nobody masked.
@@ -392,9 +392,10 @@ struct MaskChecker {
 // ---- --mask, normal phase ---------------------------------------------------------------------------
 // After the low-latency rounds (where the survivors found and masked the victim), the normal buffer made
 // at setup goes on without the ranks the LlBuffer masked: NormalBuffer::MaskRank each of them, then
-// dispatch and combine checked bitwise against kernels/reference.h without them. Normal-mode masking
-// with several nodes covers whole nodes only: where the masked ranks leave a node with live ranks, the
-// phase checks instead that the first call is refused with kUnsupported (nothing moves, nobody hangs).
+// dispatch and combine checked bitwise against kernels/reference.h without them (several nodes: a live
+// rank whose same-index rank is masked is relayed by a node peer). A mask the buffer cannot route (see
+// NormalBuffer::MaskRank) is refused with kUnsupported at the first call (nothing moves, nobody hangs):
+// the phase prints that, and the test that ran the worker decides whether it expected it.
 //   fault-worker: rank R normal mode without [V]: N rounds checked
 //   fault-worker: rank R normal mode without [V]: refused as expected (kUnsupported: ...)
 
@@ -468,15 +469,8 @@ int RunNormalPhase(Context& ctx, NormalBuffer& nb, const std::vector<int>& maske
     // Expert outputs: a hash of (this rank, source, token) per row, so the reference needs no data from
     // other ranks; made from the reference rows (equal to ours when the dispatch check passed).
     const uint64_t salt = 7700 + static_cast<uint64_t>(round);
-    auto y_of = [&](int r) {
-      std::vector<bf16> y(static_cast<size_t>(ref[r].num_rows) * kHidden);
-      for (int i = 0; i < ref[r].num_rows; ++i)
-        GeneratedProblem::HashRow(salt, r, ref[r].src_rank[i], ref[r].src_idx[i], kHidden,
-                                  &y[static_cast<size_t>(i) * kHidden]);
-      return y;
-    };
     std::vector<std::vector<bf16>> ys;
-    for (int r = 0; r < R; ++r) ys.push_back(y_of(r));
+    for (int r = 0; r < R; ++r) ys.push_back(GeneratedProblem::HashedOutputs(salt, r, ref[r], kHidden));
     CombineInput cin;
     cin.hidden = kHidden;
     cin.y = ys[me];

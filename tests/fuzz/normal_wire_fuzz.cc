@@ -94,7 +94,7 @@ void FuzzCountRowsValid(ByteReader& in) {
   FUZZ_CHECK(h.tokens_per_expert == per_expert, "");
 }
 
-// [u8 NN-1][u8 L-1][u8 C-1][u8 node][u8 extra stride words] then the inbox.
+// [u8 NN-1][u8 L-1][u8 C-1][u8 node][u8 extra stride words][u8 blocks per node - 1] then the inbox.
 void FuzzNodeRows(ByteReader& in) {
   NodeRowsExpect x;
   x.nodes = 1 + in.Take<uint8_t>() % 4;
@@ -102,6 +102,7 @@ void FuzzNodeRows(ByteReader& in) {
   x.channels = 1 + in.Take<uint8_t>() % 3;
   x.node = in.Take<uint8_t>() % x.nodes;
   const size_t stride = CountRowBytes(x.channels, 0) + 4 * (in.Take<uint8_t>() % 4);
+  x.blocks = 1 + in.Take<uint8_t>() % 3;
   const auto rest = in.Rest();
   const std::vector<uint8_t> inbox(rest.begin(), rest.end());
   NormalHandle h;
@@ -110,7 +111,7 @@ void FuzzNodeRows(ByteReader& in) {
     FUZZ_CHECK(st.code() == Code::kInternal && !st.message().empty(), "{}", st.ToString());
     return;
   }
-  const int NN = x.nodes, L = x.local_size, C = x.channels;
+  const int NN = x.nodes, L = x.local_size, C = x.channels, K = x.blocks;
   FUZZ_CHECK(h.fwd_prefix.size() == static_cast<size_t>(C) * (NN + 1) && h.fwd_prefix[0] == 0, "");
   for (int c = 0; c < C; ++c) {
     const int* fp = &h.fwd_prefix[static_cast<size_t>(c) * (NN + 1)];
@@ -123,14 +124,15 @@ void FuzzNodeRows(ByteReader& in) {
         continue;
       }
       int64_t sum = 0;
-      for (int l = 0; l < L; ++l) sum += I32(inbox, (a * (L + 1) + l) * stride + 16 + 4 * c);
+      for (int k = 0; k < K; ++k)
+        for (int l = 0; l < L; ++l) sum += I32(inbox, ((a * K + k) * (L + 1) + l) * stride + 16 + 4 * c);
       FUZZ_CHECK(n <= sum, "node {} channel {}: forwards {} of {}", a, c, n, sum);
     }
   }
 }
 
-// [u8 L-1][u8 NN-1][u8 local][u8 from: bit 0 node ring, rest index] then R u8 rows per source, then
-// the message.
+// [u8 L-1][u8 NN-1][u8 local][u8 from: bit 0 node ring, rest index] then R u8 rows per source, [u8 routes:
+// odd = R u8 forwarder indices follow (value % (L + 1) - 1)], then the message.
 void FuzzMessage(ByteReader& in) {
   DispatchMsgExpect x;
   x.local_size = 1 + in.Take<uint8_t>() % kMaxLocalRanks;
@@ -145,6 +147,11 @@ void FuzzMessage(ByteReader& in) {
   std::vector<int> prefix(x.num_ranks + 1, 0);
   for (int s = 0; s < x.num_ranks; ++s) prefix[s + 1] = prefix[s] + in.Take<uint8_t>();
   x.rank_prefix = prefix;
+  std::vector<int8_t> via;
+  if (in.Take<uint8_t>() & 1)
+    for (int s = 0; s < x.num_ranks; ++s)
+      via.push_back(static_cast<int8_t>(in.Take<uint8_t>() % (x.local_size + 1) - 1));
+  x.via = via;
   const auto rest = in.Rest();
   const std::vector<uint8_t> msg(rest.begin(), rest.end());
   auto m = DecodeDispatchMsg(msg, x);
@@ -158,10 +165,13 @@ void FuzzMessage(ByteReader& in) {
   FUZZ_CHECK(m->src_rank >= 0 && m->src_rank < x.num_ranks && m->src_token >= 0, "source {} token {}",
              m->src_rank, m->src_token);
   FUZZ_CHECK(m->mask != 0 && (L == 32 || m->mask >> L == 0), "mask {:#x}", m->mask);
-  if (x.from_node >= 0) FUZZ_CHECK(m->src_rank == x.from_node * L + x.local, "source {}", m->src_rank);
+  // The forwarder of the source on this node: its own index, or the route (-1: masked, never accepted).
+  const int fwd = via.empty() ? m->src_rank % L : via[static_cast<size_t>(m->src_rank)];
+  if (x.from_node >= 0)
+    FUZZ_CHECK(m->src_rank / L == x.from_node && fwd == x.local, "source {} forwarder {}", m->src_rank, fwd);
   if (x.from_local >= 0)
-    FUZZ_CHECK(m->src_rank % L == x.from_local && (m->mask >> x.local & 1), "source {} mask {:#x}",
-               m->src_rank, m->mask);
+    FUZZ_CHECK(fwd == x.from_local && (m->mask >> x.local & 1), "source {} forwarder {} mask {:#x}",
+               m->src_rank, fwd, m->mask);
   if (m->mask >> x.local & 1)
     FUZZ_CHECK(m->ordinal >= 0 && m->ordinal < prefix[m->src_rank + 1] - prefix[m->src_rank], "ordinal {}",
                m->ordinal);

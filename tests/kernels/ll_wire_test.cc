@@ -238,6 +238,34 @@ TEST(NormalWire, NodeRows) {
   EXPECT_ERROR(DecodeNodeRows(Inbox(4, 9), kStride, x, &h), kInternal, "node 2 announced 9", "allowed 4..8");
 }
 
+// One block per source (K = L = 2, NN = 2, this rank on node 1): the blocks of node 0's two sources add
+// up (source 1 relayed to this rank); a bad block names its source rank.
+std::vector<uint8_t> InboxPerSource(int32_t fwd_src1) {
+  const Row unused = {0, 0, {-9, -9}, {}};
+  std::vector<Row> rows = {{0, 0, {2, 1}, {}},
+                           {0, 0, {3, 0}, {}},
+                           {0, 0, {4, 1}, {}},
+                           {0, 0, {1, 0}, {}},
+                           {0, 0, {0, 2}, {}},
+                           {0, 0, {fwd_src1, 2}, {}},
+                           unused,
+                           unused,
+                           unused,
+                           unused,
+                           unused,
+                           unused};
+  return Table(rows);
+}
+
+TEST(NormalWire, NodeRowsPerSource) {
+  const NodeRowsExpect x{.rank = 3, .node = 1, .nodes = 2, .local_size = 2, .channels = kC, .blocks = 2};
+  NormalHandle h;
+  ASSERT_TRUE(DecodeNodeRows(InboxPerSource(1), kStride, x, &h).ok());
+  EXPECT_EQ(h.fwd_prefix, (std::vector<int>{0, 5, 5, 5, 8, 8}));
+  EXPECT_ERROR(DecodeNodeRows(InboxPerSource(3), kStride, x, &h), kInternal,
+               "node 0 (source rank 1) announced 3 tokens to forward on channel 0", "allowed 1..1");
+}
+
 std::vector<uint8_t> Msg(int32_t src, int32_t token, uint32_t mask, std::vector<int32_t> ords) {
   std::vector<uint8_t> m(sizeof(MsgHeader) + 4 * ords.size() + 64, 0);
   const MsgHeader h{src, token, mask, 0};
@@ -248,24 +276,29 @@ std::vector<uint8_t> Msg(int32_t src, int32_t token, uint32_t mask, std::vector<
 
 // R = 8 ranks on 2 nodes of L = 4; this rank is (1, 2) = rank 6, which gets rows [0, 3, 3, 8, ...].
 const std::vector<int> kPrefix = {0, 3, 3, 8, 10, 10, 10, 12, 12};
-DispatchMsgExpect FromForwarder(int g) {
+DispatchMsgExpect FromForwarder(int g, std::span<const int8_t> via = {}) {
   return DispatchMsgExpect{.rank = 6,
                            .channel = 1,
                            .num_ranks = 8,
                            .local_size = 4,
                            .local = 2,
                            .from_local = g,
-                           .rank_prefix = kPrefix};
+                           .rank_prefix = kPrefix,
+                           .via = via};
 }
-DispatchMsgExpect FromNode(int a) {
+DispatchMsgExpect FromNode(int a, std::span<const int8_t> via = {}) {
   return DispatchMsgExpect{.rank = 6,
                            .channel = 1,
                            .num_ranks = 8,
                            .local_size = 4,
                            .local = 2,
                            .from_node = a,
-                           .rank_prefix = kPrefix};
+                           .rank_prefix = kPrefix,
+                           .via = via};
 }
+// Routes into node 1 with ranks 4, 5 and 7 masked: every live source of node 0 is relayed through local
+// index 2, the only one live on node 1, so rank 6 = (1, 2) forwards them all (NormalState::via).
+const std::vector<int8_t> kVia = {2, 2, 2, 2, -1, -1, 2, -1};
 
 TEST(NormalWire, DispatchMessage) {
   auto m = DecodeDispatchMsg(Msg(2, 7, 0b0101, {0, 0, 4, 0}), FromNode(0));
@@ -278,6 +311,14 @@ TEST(NormalWire, DispatchMessage) {
   EXPECT_EQ(m->ordinal, -1);
   m = DecodeDispatchMsg(Msg(3, 0, 0b0100, {0, 0, 1, 0}), FromForwarder(3));
   ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->ordinal, 1);
+  // Relayed: rank 1 on the RDMA ring from node 0 (after rank 2's own), and rank 1 on a node ring from
+  // forwarder 2 (this rank's receive side names the forwarder, not the source's own index).
+  m = DecodeDispatchMsg(Msg(1, 5, 0b0001, {0, 0, 0, 0}), FromNode(0, kVia));
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->src_rank, 1);
+  m = DecodeDispatchMsg(Msg(3, 5, 0b0100, {0, 0, 1, 0}), FromForwarder(2, kVia));
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->ordinal, 1);
 }
 
@@ -292,6 +333,14 @@ TEST(NormalWire, DispatchMessageErrors) {
                "source rank 3 (only rank 2 sends on this ring)");
   EXPECT_ERROR(DecodeDispatchMsg(Msg(5, 7, 4, {0, 0, 0, 0}), FromForwarder(3)).status(), kInternal,
                "a message from forwarder 3", "source rank 5 (allowed: ranks with local index 3)");
+  EXPECT_ERROR(DecodeDispatchMsg(Msg(1, 5, 4, {0, 0, 0, 0}), FromNode(0)).status(), kInternal,
+               "source rank 1 (only rank 2 sends on this ring)");  // no relays: rank 1 has its own ring
+  EXPECT_ERROR(DecodeDispatchMsg(Msg(5, 5, 4, {0, 0, 0, 0}), FromNode(0, kVia)).status(), kInternal,
+               "source rank 5 (only rank 2 and the ranks it relays sends on this ring)");
+  EXPECT_ERROR(DecodeDispatchMsg(Msg(7, 5, 4, {0, 0, 0, 0}), FromForwarder(3, kVia)).status(), kInternal,
+               "source rank 7 (allowed: ranks routed through local index 3)");  // masked: no route
+  EXPECT_ERROR(DecodeDispatchMsg(Msg(1, 5, 4, {0, 0, 0, 0}), FromForwarder(1, kVia)).status(), kInternal,
+               "source rank 1 (allowed: ranks routed through local index 1)");
   EXPECT_ERROR(DecodeDispatchMsg(Msg(7, 7, 1, {0, 0, 0, 0}), FromForwarder(3)).status(), kInternal,
                "local mask 0x1 that does not include local rank 2");
   EXPECT_ERROR(DecodeDispatchMsg(Msg(3, -4, 4, {0, 0, 0, 0}), FromForwarder(3)).status(), kInternal,

@@ -50,7 +50,7 @@ TEST(NormalConfig, HeapBytesFollowTheDocumentedFormula) {
     const size_t R = L * NN;
     const size_t rings = C * L * S * slot + C * L * NN * S * slot + (NN > 1 ? 4 * C * NN * S * slot : 0);
     const size_t words = 64 * 2 * C * L * (1 + NN) + (NN > 1 ? 64 * (4 * C * NN + 1) : 0);
-    const size_t counts = row * (2 * R + 4 * NN * (L + 1));
+    const size_t counts = row * (2 * R + 2 * NN * (L + 1) * (L + 1)) + 2 * L * (64 + row * (L + 1));
     auto got = NormalHeapBytes(c, lim, static_cast<int>(R), static_cast<int>(L));
     ASSERT_TRUE(got.ok());
     EXPECT_GE(*got, rings + words + counts) << "NN=" << NN;
