@@ -333,7 +333,10 @@ Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCom
   EPX_RETURN_IF_ERROR(CheckCombine(st, handle, in, *out));
   // With zero-copy, NextCombineBuffer() already claimed b: the waits below return at once.
   Status s = ClaimBuffer(st, b);
-  if (s.ok()) s = LlCombineSend(st, handle, in, b);
+  // One phase, rows in y: y outlives the receive phase, so this rank's rows for its own tokens are reduced
+  // from y in place instead of being staged (a copy of 1/L of the rows, on one node).
+  const bf16* self_y = hook == nullptr && !in.zero_copy ? in.y.data() : nullptr;
+  if (s.ok()) s = LlCombineSend(st, handle, in, b, self_y);
   if (!s.ok()) {
     st.broken = true;
     return s;
@@ -344,6 +347,7 @@ Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCom
   p.chandle = &handle;
   p.cout = out;
   p.weights.assign(in.topk_weights.begin(), in.topk_weights.end());
+  p.self_y = self_y;
   p.done_target = ++st.combine_uses[b];
   ++st.combines;
   LlHook h{st.id, p.call, true};

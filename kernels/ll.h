@@ -71,7 +71,8 @@
 // per row to s.recv[b'][t][k] (t = src_info, k from the table above; y staged in send[b'] first unless
 // zero-copy), then one FetchAdd(done[b'][me], 1) on the same QP after its rows. Node-local s: nothing
 // moves: the rows stay in send[b'] (zero-copy: the caller wrote them there via NextCombineBuffer();
-// else one staging copy), table[b'][e][s] = begin(e, s) is published, and a release add of done tells s.
+// else one staging copy, except s = me in a one-phase call: y outlives the reduction, which reads those
+// rows from y), table[b'][e][s] = begin(e, s) is published, and a release add of done tells s.
 // Receive on the source: wait done[d] of every rank d (each adds 1 per combine, 0 rows included), then
 // out[t] = bf16(sum over k in top-k order, idx >= 0, of w[t][k] * row(t, k)) in FP32 (product rounded
 // first: no FMA), exactly LlReferenceCombine, where row(t, k) is recv[b'][t][k] (remote d) or, pulled

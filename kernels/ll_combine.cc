@@ -12,7 +12,7 @@
 
 namespace epx {
 
-Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b) {
+Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y) {
   const int El = st.El, R = st.R, rows = static_cast<int>(st.cfg.rows_per_expert()), C = st.C;
   const size_t H = static_cast<size_t>(h.hidden), bytes = 2 * H;
   // Channel c serves sources s % C == c: a source's rows and then its done flag share one QP.
@@ -24,16 +24,17 @@ Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, i
     for (int s = c; s < R; s += C) {
       if (st.Masked(s)) continue;  // no rows and no "done" for a masked source (kernels/ll.h "Masking")
       const bool local = st.Local(s);
+      const bool stage = !in.zero_copy && !(s == st.rank && self_y != nullptr);
       for (int e = 0; e < El; ++e) {
         const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
         const int begin = LlRangeBegin(range), end = begin + LlRangeCount(range);
         if (local) std::memcpy(st.heap() + st.Table(b, e, s), &begin, sizeof(begin));
         for (int row = begin; row < end; ++row) {
           const size_t r = static_cast<size_t>(e) * rows + row;
-          const size_t stage = st.CombineStage(b, e, row);
-          if (!in.zero_copy) std::memcpy(st.heap() + stage, in.y.data() + r * H, bytes);
+          if (stage) std::memcpy(st.heap() + st.CombineStage(b, e, row), in.y.data() + r * H, bytes);
           if (!local)
-            EPX_RETURN_IF_ERROR(st.Put(c, s, stage, st.CombineSlot(b, h.src_info[r], h.src_slot[r]), bytes));
+            EPX_RETURN_IF_ERROR(st.Put(c, s, st.CombineStage(b, e, row),
+                                       st.CombineSlot(b, h.src_info[r], h.src_slot[r]), bytes));
         }
       }
       // Remote: after the rows on the same QP. Local: a release add, so the source that acquires it sees
@@ -58,8 +59,8 @@ Status LlCombineRecv(LlState& st, int b) {
   for (int d = 0; d < st.R; ++d) {
     if (st.Masked(d)) continue;
     Status s = st.WaitGE(d, st.Done(b, d), p.done_target, &st.wait_ns[0][d], [&] {
-      return fmt::format("combine rows from rank {} (buffer {}, call {})", d, b, p.call);
-    }).status();
+                   return fmt::format("combine rows from rank {} (buffer {}, call {})", d, b, p.call);
+                 }).status();
     if (s.ok() || st.Masked(d)) continue;  // masked meanwhile: not awaited any more
     EPX_RETURN_IF_ERROR(st.MaskOnFailure(d, std::move(s)));
     if (!st.Masked(d)) --d;  // another rank died and is masked now: wait for d again
@@ -91,8 +92,11 @@ Status LlCombineRecv(LlState& st, int b) {
               LlDecodeCombineRow(first, h.send_slot[tk], st.cfg.rows_per_expert(), st.rank, d, e);
           if (!row.ok()) [[unlikely]]
             return internal::MakeError(row.status().code(), __FILE__, __LINE__, row.status().message());
-          rows[n++] = reinterpret_cast<const bf16*>(
-              st.ctx.node().Address(d, st.CombineStage(b, e, static_cast<int>(*row))));
+          if (d == st.rank && p.self_y != nullptr)  // our own rows, not staged: y row (e, row)
+            rows[n++] = p.self_y + (static_cast<size_t>(e) * st.cfg.rows_per_expert() + *row) * H;
+          else
+            rows[n++] = reinterpret_cast<const bf16*>(
+                st.ctx.node().Address(d, st.CombineStage(b, e, static_cast<int>(*row))));
         } else {
           rows[n++] = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
         }

@@ -36,8 +36,9 @@ struct LlPending {
   // Combine.
   const LlHandle* chandle = nullptr;
   LlCombineOutput* cout = nullptr;
-  std::vector<float> weights;  // [N, K] copied at send: the caller's span need not outlive the send phase
-  uint64_t done_target = 0;    // done[b][d] value that means "d's rows of this call are here"
+  std::vector<float> weights;    // [N, K] copied at send: the caller's span need not outlive the send phase
+  const bf16* self_y = nullptr;  // one-phase default-mode combine: the caller's y (own rows read in place)
+  uint64_t done_target = 0;      // done[b][d] value that means "d's rows of this call are here"
 };
 
 struct LlState {
@@ -51,10 +52,10 @@ struct LlState {
   std::unique_ptr<RdmaDomain> rdma;  // several logical nodes only
   std::unique_ptr<WorkerPool> pool;  // C > 1 only; with one channel the caller's thread runs it
   uint64_t next_call = 0;
-  std::vector<LlPending> pending;      // [D]
-  std::vector<uint64_t> combine_uses;  // [D] combine calls made on each buffer
-  std::vector<uint64_t> prev_cnt;      // [D, El, R] last consumed value of each dispatch counter
-  std::vector<std::vector<int>> ord;   // [C][E] per-channel slot counters of the call being sent
+  std::vector<LlPending> pending;              // [D]
+  std::vector<uint64_t> combine_uses;          // [D] combine calls made on each buffer
+  std::vector<uint64_t> prev_cnt;              // [D, El, R] last consumed value of each dispatch counter
+  std::vector<std::vector<int>> ord;           // [C][E] per-channel slot counters of the call being sent
   std::vector<std::vector<uint64_t>> wait_ns;  // [C][R] per-channel wait time per source
   std::vector<std::vector<float>> acc;         // [C][hidden] combine reduction scratch
   std::vector<std::vector<int>> begin, fill;   // [C][El] dispatch receive: first row / rows placed per expert
@@ -97,7 +98,9 @@ struct LlState {
   size_t Cnt(int b, int e, int s) const {
     return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(e) * R + s);
   }
-  size_t Done(int b, int d) const { return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(El) * R + d); }
+  size_t Done(int b, int d) const {
+    return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(El) * R + d);
+  }
   size_t Released(int b, int p) const {
     return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(El) * R + R + p);
   }
@@ -134,8 +137,9 @@ struct LlState {
     return rdma->ReadCounter(off);
   }
   // Waits until the counter at `off` (written by `writer`) is >= target, adding the time waited to
-  // *waited_ns. Ends early (unlogged kFailedPrecondition) once `writer` is masked by another thread. diag() names what was awaited; it is only evaluated when the first read falls short.
-  // Remote counters wait in the RDMA domain, which also probes peers and names a dead one early.
+  // *waited_ns. Ends early (unlogged kFailedPrecondition) once `writer` is masked by another thread. diag()
+  // names what was awaited; it is only evaluated when the first read falls short. Remote counters wait in the
+  // RDMA domain, which also probes peers and names a dead one early.
   template <typename Diag>
   StatusOr<uint64_t> WaitGE(int writer, size_t off, uint64_t target, uint64_t* waited_ns, Diag&& diag) {
     EPX_ASSIGN_OR_RETURN(uint64_t v, Read(writer, off));
@@ -151,8 +155,8 @@ struct LlState {
         if ((i & 63) == 63 && Masked(writer)) [[unlikely]]
           return Status(Code::kFailedPrecondition, "masked");
         if ((i & 63) == 63 && deadline.Expired())
-          return EPX_ERROR(kTimeout, "low-latency: rank {} waited {} ms for rank {}: {} (counter {} < {})", rank,
-                           timeout_ms, writer, diag(), v, target);
+          return EPX_ERROR(kTimeout, "low-latency: rank {} waited {} ms for rank {}: {} (counter {} < {})",
+                           rank, timeout_ms, writer, diag(), v, target);
         // Slow path (the back-off sleeps): a dead peer is named now rather than at the deadline.
         if ((i & 63) == 63 && backoff.sleeping() && ctx.liveness().PeerDead()) [[unlikely]] {
           if ((v = ctx.node().AtomicLoad(rank, off)) >= target) break;  // it published, then exited
@@ -164,10 +168,9 @@ struct LlState {
         backoff.Pause();
       }
     } else {
-      EPX_RETURN_IF_ERROR(rdma->WaitCounter(off, target,
-                                            fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer,
-                                                        diag()),
-                                            &masked[static_cast<size_t>(writer)], writer));
+      EPX_RETURN_IF_ERROR(rdma->WaitCounter(
+          off, target, fmt::format("low-latency: rank {} waiting for rank {}: {}", rank, writer, diag()),
+          &masked[static_cast<size_t>(writer)], writer));
       EPX_ASSIGN_OR_RETURN(v, rdma->ReadCounter(off));
     }
     *waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
@@ -187,7 +190,7 @@ struct LlState {
         Status s = rdma->Quiet(c);
         if (s.ok()) break;
         const uint64_t epoch = mask_epoch.load(std::memory_order_acquire);
-        EPX_RETURN_IF_ERROR(MaskOnFailure(-1, s));  // a copy: `s` is returned below
+        EPX_RETURN_IF_ERROR(MaskOnFailure(-1, s));                          // a copy: `s` is returned below
         if (mask_epoch.load(std::memory_order_acquire) == epoch) return s;  // nobody new masked: give up
       }
     }
@@ -207,7 +210,9 @@ struct LlState {
 // b = call % D and released peers; the receive phases consume pending[b].
 Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* send_slot);
 Status LlDispatchRecv(LlState& st, int b);
-Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b);
+// `self_y`: this rank's rows for its own tokens are not staged; the receive phase reads them from there (a
+// one-phase call, where y outlives the receive phase).
+Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y);
 Status LlCombineRecv(LlState& st, int b);
 
 }  // namespace epx

@@ -323,6 +323,11 @@ Status NormalBuffer::UnmaskRank(int rank) {
   return Status::Ok();
 }
 
+Status NormalBuffer::ClearMask() {
+  for (int r : MaskedRanks()) EPX_RETURN_IF_ERROR(UnmaskRank(r));
+  return Status::Ok();
+}
+
 std::vector<int> NormalBuffer::MaskedRanks() const {
   std::vector<int> out;
   for (int r = 0; r < s_->plan.R; ++r)

@@ -132,6 +132,7 @@ class NormalBuffer {
   Status MaskRank(int rank);
   Status UnmaskRank(int rank);
   std::vector<int> MaskedRanks() const;
+  Status ClearMask();  // UnmaskRank of every masked rank
 
   // Zero-copy inputs (one node; limits().max_zero_copy_tokens = Z > 0): write the call's x rows
   // ([N <= Z, H], dense) at the start of DispatchInputBuffer() and set in.zero_copy; write expert outputs
