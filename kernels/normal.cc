@@ -294,8 +294,9 @@ Status NormalBuffer::MaskRank(int rank) {
     st.masked[rank] = 1;
     st.masked_at[rank] = st.calls;
     ++st.mask_epoch;
-    // Our RDMA peer on that node: no wait, flush or probe is for it any more (transport/rdma.h).
-    if (st.rdma && rank % P.L == st.local && rank / P.L != st.node) st.rdma->MaskPeer(rank, true);
+    // The RDMA domain: no wait, flush or probe is for it any more if it is our peer (same index on another
+    // node), and its death notice (any rank: transport/verbs death notices) fails nothing (transport/rdma.h).
+    if (st.rdma) st.rdma->MaskPeer(rank, true);
     st.UpdateRoutes();
     // Its death (if it died) no longer fails this process's waits: masking a dead rank is the point. The
     // Context's liveness watch is shared: an UnmaskRank does not undo this (a later death of the rank is
@@ -318,7 +319,7 @@ Status NormalBuffer::UnmaskRank(int rank) {
         rank, st.calls - st.masked_at[rank]);
   st.masked[rank] = 0;
   ++st.mask_epoch;
-  if (st.rdma && rank % st.plan.L == st.local && rank / st.plan.L != st.node) st.rdma->MaskPeer(rank, false);
+  if (st.rdma) st.rdma->MaskPeer(rank, false);
   st.UpdateRoutes();
   return Status::Ok();
 }

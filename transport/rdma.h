@@ -30,7 +30,8 @@
 //     (flushed work requests are reported as flushed); posts to other peers go on. A dead peer gives
 //     an error within EPX_TIMEOUT, never a hang: WaitCounter and Quiet probe remote peers and consult
 //     the Context's process scan for ranks of this host; other waits ask `health()`.
-//   * Masking: a peer masked with MaskPeer (a kernel goes on without a failed rank) no longer matters:
+//   * Masking: a rank masked with MaskPeer (a kernel goes on without a failed rank; any rank, connected
+//     or not: a death notice about it fails nothing either) no longer matters:
 //     Quiet neither signals nor waits for its QPs, and its failure fails no wait, Flush, Quiet or Poll.
 //     Posts to it still return its error once it failed (kernels do not post to masked peers).
 //

@@ -54,6 +54,8 @@
 // worker threads; bounded rings, so any N streams through. Tunables: EPX_NORMAL_* (FromEnv).
 // Errors name the shape, index, rank and phase; a timeout (EPX_TIMEOUT without progress) names the
 // ring and counters that stopped. A failed call leaves the buffer unusable (rings in unknown state).
+// A rank that died between calls: the survivors MaskRank it (any rank, also across nodes: its same-index
+// peers are relayed by a node peer, NormalBuffer::MaskRank) and their results equal the reference without it.
 #pragma once
 
 #include <epx/epx.h>  // IWYU pragma: export
