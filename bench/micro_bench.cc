@@ -180,6 +180,30 @@ void BM_WeightedCombineRow(benchmark::State& state) {
 }
 BENCHMARK(BM_WeightedCombineRow)->ArgNames({"H", "K", "weighted"})->Args({kH, 8, 1})->Args({kH, 8, 0});
 
+// The one-phase low-latency combine at R = 2, K = 8 (kernels/ll.h "Combine"): the expert rank folds its
+// half of a token's rows into one FP32 partial (WeightedPartialF32, K/2 rows), the source adds its own K/2
+// rows and that partial (GroupedWeightedSumBf16). Bytes = the rows and the partial read by both steps.
+void BM_GroupedCombineRow(benchmark::State& state) {
+  const int H = static_cast<int>(state.range(0)), K = static_cast<int>(state.range(1)), half = K / 2;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> d;
+  std::vector<bf16> y(static_cast<size_t>(K) * H), out(H);
+  for (auto& v : y) v = FloatToBf16(d(rng));
+  std::vector<float> weights(K), acc(2 * static_cast<size_t>(H)), partial(H);
+  std::vector<const bf16*> rows(K);
+  for (int k = 0; k < K; ++k) rows[k] = y.data() + static_cast<size_t>(k) * H;
+  for (auto& w : weights) w = std::abs(d(rng)) / static_cast<float>(K);
+  const SumGroup groups[2] = {{0, half, nullptr}, {0, 0, partial.data()}};
+  for (auto _ : state) {
+    WeightedPartialF32(partial.data(), rows.data() + half, weights.data() + half, K - half, H);
+    GroupedWeightedSumBf16(out.data(), acc.data(), rows.data(), weights.data(), groups, 2, H);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * (K * H * 2 + H * 4));
+}
+BENCHMARK(BM_GroupedCombineRow)->ArgNames({"H", "K"})->Args({kH, 8});
+
 // ---- Flag round trip --------------------------------------------------------------------------------
 
 // Where the ping-pong flag lives in the symmetric heap: its own cache line, past the largest BM_ShmPut.

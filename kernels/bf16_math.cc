@@ -62,6 +62,38 @@ __attribute__((always_inline)) inline void SumBody(bf16* out, float* acc, const 
   for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j] + TermOf<kWeighted>(wl, last[j]));
 }
 
+// One group's FP32 partial: p[j] = ((0 + t0) + t1) + ... (num_rows >= 1).
+__attribute__((always_inline)) inline void PartialBody(float* p, const bf16* const* rows, const float* w,
+                                                       int num_rows, int n) {
+  float* __restrict a = p;
+  const auto* __restrict first = reinterpret_cast<const uint16_t*>(rows[0]);
+  for (int j = 0; j < n; ++j) a[j] = 0.0f + TermOf<true>(w[0], first[j]);
+  for (int r = 1; r < num_rows; ++r) {
+    const auto* __restrict y = reinterpret_cast<const uint16_t*>(rows[r]);
+    const float wr = w[r];
+    for (int j = 0; j < n; ++j) a[j] += TermOf<true>(wr, y[j]);
+  }
+}
+
+// GroupedWeightedSumBf16, portable: acc[0, n) the running sum, acc[n, 2n) a group's partial.
+__attribute__((always_inline)) inline void GroupedBody(bf16* out, float* acc, const bf16* const* rows,
+                                                       const float* w, const SumGroup* groups, int num_groups,
+                                                       int n) {
+  auto* __restrict o = reinterpret_cast<uint16_t*>(out);
+  float* __restrict a = acc;
+  float* __restrict p = acc + n;
+  for (int j = 0; j < n; ++j) a[j] = 0.0f;
+  for (int g = 0; g < num_groups; ++g) {
+    const float* __restrict part = groups[g].partial;
+    if (!part) {
+      PartialBody(p, rows + groups[g].first, w + groups[g].first, groups[g].count, n);
+      part = p;
+    }
+    for (int j = 0; j < n; ++j) a[j] += part[j];
+  }
+  for (int j = 0; j < n; ++j) o[j] = ToBf16Bits(a[j]);
+}
+
 #if defined(__x86_64__)
 // AVX-512: column strips instead of row passes. The generic body above streams each row through acc
 // (load, add, store per element and row); here a strip of 64 columns stays in four registers while
@@ -136,6 +168,84 @@ EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const fl
     _mm256_mask_storeu_epi16(o + j, m, ToBf16x16(a));
   }
 }
+// One group's partial of 16 columns at j (lanes outside m read as 0).
+EPX_AVX512_INLINE __m512 GroupPartial16(const bf16* const* rows, const float* w, const SumGroup& g, int j,
+                                        __mmask16 m) {
+  if (g.partial) return _mm512_maskz_loadu_ps(m, g.partial + j);
+  __m512 p = _mm512_add_ps(
+      _mm512_setzero_ps(),
+      _mm512_mul_ps(_mm512_set1_ps(w[g.first]),
+                    avx512::LoadBf16Masked(reinterpret_cast<const uint16_t*>(rows[g.first]) + j, m)));
+  for (int r = g.first + 1; r < g.first + g.count; ++r)
+    p = _mm512_add_ps(
+        p, _mm512_mul_ps(_mm512_set1_ps(w[r]),
+                         avx512::LoadBf16Masked(reinterpret_cast<const uint16_t*>(rows[r]) + j, m)));
+  return p;
+}
+
+// Grouped sum in strips of 64 columns, as StripsAvx512: a group's partial is built in four registers (or
+// loaded) and added to the running sum, so neither leaves the core. Same operations in the same order as
+// GroupedBody.
+EPX_AVX512_KERNEL void GroupedAvx512(bf16* out, const bf16* const* rows, const float* w,
+                                     const SumGroup* groups, int num_groups, int n) {
+  auto* o = reinterpret_cast<uint16_t*>(out);
+  int j = 0;
+  for (; j + 64 <= n; j += 64) {
+    __m512 a[4];
+    for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_ps();
+    for (int g = 0; g < num_groups; ++g) {
+      const SumGroup& gr = groups[g];
+      __m512 p[4];
+      if (gr.partial) {
+        for (int v = 0; v < 4; ++v) p[v] = _mm512_loadu_ps(gr.partial + j + 16 * v);
+      } else {
+        const auto* r0 = reinterpret_cast<const uint16_t*>(rows[gr.first]) + j;
+        const __m512 w0 = _mm512_set1_ps(w[gr.first]);
+        for (int v = 0; v < 4; ++v)
+          p[v] = _mm512_add_ps(_mm512_setzero_ps(), _mm512_mul_ps(w0, avx512::LoadBf16(r0 + 16 * v)));
+        for (int r = gr.first + 1; r < gr.first + gr.count; ++r) {
+          const auto* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+          const __m512 wr = _mm512_set1_ps(w[r]);
+          for (int v = 0; v < 4; ++v)
+            p[v] = _mm512_add_ps(p[v], _mm512_mul_ps(wr, avx512::LoadBf16(y + 16 * v)));
+        }
+      }
+      for (int v = 0; v < 4; ++v) a[v] = _mm512_add_ps(a[v], p[v]);
+    }
+    for (int v = 0; v < 4; ++v)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j + 16 * v), ToBf16x16(a[v]));
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
+    __m512 a = _mm512_setzero_ps();
+    for (int g = 0; g < num_groups; ++g) a = _mm512_add_ps(a, GroupPartial16(rows, w, groups[g], j, m));
+    _mm256_mask_storeu_epi16(o + j, m, ToBf16x16(a));
+  }
+}
+
+// WeightedPartialF32 in strips of 64 columns.
+EPX_AVX512_KERNEL void PartialAvx512(float* out, const bf16* const* rows, const float* w, int num_rows,
+                                     int n) {
+  const SumGroup g{0, num_rows, nullptr};
+  int j = 0;
+  for (; j + 64 <= n; j += 64) {
+    __m512 p[4];
+    const auto* r0 = reinterpret_cast<const uint16_t*>(rows[0]) + j;
+    const __m512 w0 = _mm512_set1_ps(w[0]);
+    for (int v = 0; v < 4; ++v)
+      p[v] = _mm512_add_ps(_mm512_setzero_ps(), _mm512_mul_ps(w0, avx512::LoadBf16(r0 + 16 * v)));
+    for (int r = 1; r < num_rows; ++r) {
+      const auto* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+      const __m512 wr = _mm512_set1_ps(w[r]);
+      for (int v = 0; v < 4; ++v) p[v] = _mm512_add_ps(p[v], _mm512_mul_ps(wr, avx512::LoadBf16(y + 16 * v)));
+    }
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + j + 16 * v, p[v]);
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
+    _mm512_mask_storeu_ps(out + j, m, GroupPartial16(rows, w, g, j, m));
+  }
+}
 EPX_AVX512_END
 
 void WeightedAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, const float* w, int num_rows, int n) {
@@ -183,6 +293,15 @@ WeightedFn PickWeighted() {
   return WeightedBaseline;
 }
 
+// 2: AVX-512, 1: AVX2, 0: baseline (chosen once per function, at first use).
+int PickIsa() {
+  __builtin_cpu_init();
+#if defined(__x86_64__)
+  if (avx512::Usable()) return 2;
+#endif
+  return __builtin_cpu_supports("avx2") ? 1 : 0;
+}
+
 }  // namespace
 
 void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows,
@@ -194,6 +313,37 @@ void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const f
 void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
   static const SumFn fn = PickSum();
   fn(out, acc, rows, num_rows, n);
+}
+
+namespace {
+__attribute__((target("avx2"))) void GroupedAvx2(bf16* out, float* acc, const bf16* const* rows,
+                                                 const float* w, const SumGroup* groups, int num_groups,
+                                                 int n) {
+  GroupedBody(out, acc, rows, w, groups, num_groups, n);
+}
+__attribute__((target("avx2"))) void PartialAvx2(float* out, const bf16* const* rows, const float* w,
+                                                 int num_rows, int n) {
+  PartialBody(out, rows, w, num_rows, n);
+}
+}  // namespace
+
+void GroupedWeightedSumBf16(bf16* out, float* acc, const bf16* const* rows, const float* w,
+                            const SumGroup* groups, int num_groups, int n) {
+  static const int isa = PickIsa();
+#if defined(__x86_64__)
+  if (isa == 2) return GroupedAvx512(out, rows, w, groups, num_groups, n);
+#endif
+  if (isa == 1) return GroupedAvx2(out, acc, rows, w, groups, num_groups, n);
+  GroupedBody(out, acc, rows, w, groups, num_groups, n);
+}
+
+void WeightedPartialF32(float* out, const bf16* const* rows, const float* w, int num_rows, int n) {
+  static const int isa = PickIsa();
+#if defined(__x86_64__)
+  if (isa == 2) return PartialAvx512(out, rows, w, num_rows, n);
+#endif
+  if (isa == 1) return PartialAvx2(out, rows, w, num_rows, n);
+  PartialBody(out, rows, w, num_rows, n);
 }
 
 }  // namespace epx

@@ -19,4 +19,23 @@ void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, i
 // gives +0. `acc` ([n] floats) is scratch.
 void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n);
 
+// The low-latency combine's grouped order (kernels/ll_reference.h): the terms of one expert rank form a
+// group whose partial sum P = ((0 + fp32(w[0] * rows[0][j])) + fp32(w[1] * rows[1][j])) + ... is FP32, and
+// the output adds the groups' partials in group order: out[j] = bf16(((0 + P_0[j]) + P_1[j]) + ...).
+// A group is either terms [first, first + count) of rows/w, or a partial another rank already computed
+// (partial != nullptr: n FP32 values, exactly WeightedPartialF32 of that rank's terms). With one group of
+// terms this is WeightedSumBf16Rows bitwise (0 + P == P: P is never -0). No groups give +0. `acc` ([2n]
+// floats) is scratch.
+struct SumGroup {
+  int first = 0;
+  int count = 0;
+  const float* partial = nullptr;
+};
+void GroupedWeightedSumBf16(bf16* out, float* acc, const bf16* const* rows, const float* w,
+                            const SumGroup* groups, int num_groups, int n);
+
+// out[j] = P[j] of one group of num_rows >= 1 terms (above), in FP32: what an expert rank sends instead of
+// its rows when it pre-reduces a token for a node-local source.
+void WeightedPartialF32(float* out, const bf16* const* rows, const float* w, int num_rows, int n);
+
 }  // namespace epx

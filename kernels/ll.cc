@@ -181,8 +181,9 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
         cfg.depth, cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.num_ranks,
         (st->lay.heap_bytes + (1 << 20) - 1) >> 20));
   st->base = *off_or;
-  // Counters start at 0 and are never reset (kernels/ll.h); send/recv need no clearing.
-  std::memset(st->heap() + st->CounterBlock(), 0, st->lay.counters_total);
+  // Counters and the tables' weights-ready words start at 0 and are never reset (kernels/ll.h); send/recv
+  // need no clearing.
+  std::memset(st->heap() + st->CounterBlock(), 0, st->lay.counters_total + st->lay.tables_total);
   if (pl.num_nodes > 1) {
     EPX_ASSIGN_OR_RETURN(RdmaOptions ro, RdmaOptions::FromEnv());
     ro.channels = C;
@@ -202,7 +203,9 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->prev_cnt.assign(static_cast<size_t>(cfg.depth) * st->El * st->R, 0);
   st->ord.assign(C, std::vector<int>(cfg.num_experts, 0));
   st->wait_ns.assign(C, std::vector<uint64_t>(st->R, 0));
-  st->acc.assign(C, std::vector<float>(cfg.hidden, 0.0f));
+  st->acc.assign(C, std::vector<float>(2 * static_cast<size_t>(cfg.hidden), 0.0f));
+  st->tk_rows.assign(C, std::vector<const bf16*>(static_cast<size_t>(cfg.max_tokens) * cfg.topk, nullptr));
+  st->kind_of.assign(st->R, kLlLeftRows);
   st->begin.assign(C, std::vector<int>(st->El, 0));
   st->fill.assign(C, std::vector<int>(st->El, 0));
   st->recv_tokens.assign(st->El, 0);
@@ -336,7 +339,7 @@ Status LlBuffer::Combine(const LlHandle& handle, const LlCombineInput& in, LlCom
   // One phase, rows in y: y outlives the receive phase, so this rank's rows for its own tokens are reduced
   // from y in place instead of being staged (a copy of 1/L of the rows, on one node).
   const bf16* self_y = hook == nullptr && !in.zero_copy ? in.y.data() : nullptr;
-  if (s.ok()) s = LlCombineSend(st, handle, in, b, self_y);
+  if (s.ok()) s = LlCombineSend(st, handle, in, b, self_y, st.combine_uses[b] + 1);
   if (!s.ok()) {
     st.broken = true;
     return s;

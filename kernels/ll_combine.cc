@@ -1,9 +1,11 @@
 // Low-latency combine data path (protocol: kernels/ll.h "Combine"): every expert output row goes back
-// to slot [token][k] of a remote source, or stays in send[b] for a node-local source to pull; then one
-// "done" add per (destination, source); the source reduces in top-k order in FP32 (products rounded
-// first), exactly LlReferenceCombine.
+// to slot [token][k] of a remote source, or stays in send[b] for a node-local source to pull, or -- in a
+// one-phase call -- is folded with this rank's other rows of the same token into one FP32 partial that
+// the node-local source pulls instead; then one "done" add per (destination, source). The source
+// reduces grouped by expert rank in FP32 (products rounded first), exactly LlReferenceCombine.
 //
-// Hot-path rules: no allocation, lock or syscall in the per-row loops (acc is sized at setup).
+// Hot-path rules: no allocation, lock or syscall in the per-row loops (acc, tk_rows and kind_of are sized
+// at setup); the one wait of the send phase (a source's weights) backs off and has a deadline.
 #include <cstring>
 
 #include "kernels/bf16_math.h"
@@ -11,20 +13,95 @@
 #include "kernels/ll_wire.h"
 
 namespace epx {
+namespace {
 
-Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y) {
+// Pre-reduction for node-local source s (channel c): waits for s's weights of this call, then writes
+// partial(t) = WeightedPartialF32 of this rank's rows of s's token t, in top-k order, for every token of s
+// with a row here. Returns kFailedPrecondition "masked" (unlogged) when s was masked meanwhile.
+Status PreReduce(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, int c, int s,
+                 uint64_t target) {
+  const int El = st.El, R = st.R, T = st.cfg.max_tokens, K = st.cfg.topk;
+  const size_t rows = static_cast<size_t>(st.cfg.rows_per_expert()), H = static_cast<size_t>(h.hidden);
+  // s publishes its weights at the start of its send phase, which waits for nothing of this call: no
+  // cycle (kernels/ll.h "Combine").
+  for (;;) {
+    Status got =
+        st.WaitGE(
+              s, st.WeightsReady(b), target, &st.wait_ns[c][s],
+              [&] { return fmt::format("combine weights of node-local source rank {} (buffer {})", s, b); },
+              /*in_writer_heap=*/true)
+            .status();
+    if (got.ok()) break;
+    if (!st.Masked(s)) EPX_RETURN_IF_ERROR(st.MaskOnFailure(s, std::move(got)));
+    if (st.Masked(s)) return Status(Code::kFailedPrecondition, "masked");  // not logged: s is skipped
+    // Another rank died and is masked now: wait for s again.
+  }
+  const auto* w_all = reinterpret_cast<const float*>(st.ctx.node().Address(s, st.Weights(b)));
+  const bf16** tk = st.tk_rows[c].data();
+  std::fill(tk, tk + static_cast<size_t>(T) * K, nullptr);
+  for (int e = 0; e < El; ++e) {
+    const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
+    const int begin = LlRangeBegin(range), end = begin + LlRangeCount(range);
+    for (int row = begin; row < end; ++row) {
+      const size_t r = static_cast<size_t>(e) * rows + row;
+      // src_info / src_slot were checked when the dispatch placed the row (LlDecodeHeader).
+      tk[static_cast<size_t>(h.src_info[r]) * K + h.src_slot[r]] = in.y.data() + r * H;
+    }
+  }
+  const bf16* terms[kLlMaxTopk];
+  float w[kLlMaxTopk];
+  for (int t = 0; t < T; ++t) {
+    int n = 0;
+    for (int k = 0; k < K; ++k) {
+      const size_t tk_i = static_cast<size_t>(t) * K + k;
+      if (!tk[tk_i]) continue;
+      terms[n] = tk[tk_i];
+      w[n++] = w_all[tk_i];
+    }
+    if (n > 0)
+      WeightedPartialF32(reinterpret_cast<float*>(st.heap() + st.Partial(b, s, t)), terms, w, n,
+                         static_cast<int>(H));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y,
+                     uint64_t target) {
   const int El = st.El, R = st.R, rows = static_cast<int>(st.cfg.rows_per_expert()), C = st.C;
   const size_t H = static_cast<size_t>(h.hidden), bytes = 2 * H;
+  // This call's weights, for node-local ranks that pre-reduce this rank's tokens (each rank decides per
+  // call, so they go out every call): [T_max][K_buf], then the release store that publishes them.
+  if (st.L > 1) {
+    auto* w = reinterpret_cast<float*>(st.heap() + st.Weights(b));
+    for (int t = 0; t < h.num_tokens; ++t)
+      std::memcpy(w + static_cast<size_t>(t) * st.cfg.topk,
+                  in.topk_weights.data() + static_cast<size_t>(t) * h.topk, sizeof(float) * h.topk);
+    st.ctx.node().AtomicStore(st.rank, st.WeightsReady(b), target);
+  }
+  // A one-phase default-mode call pre-reduces for node-local sources: y outlives the call, and the
+  // sources' weights arrive at the start of their send phase. Two-phase and zero-copy calls leave rows.
+  const bool partials = self_y != nullptr;
   // Channel c serves sources s % C == c: a source's rows and then its done flag share one QP.
-  // Remote source: one Write per row into s.recv[b][t][k]. Node-local source: nothing moves; the rows
-  // stay in this rank's send[b] (zero-copy: the caller wrote them there; else staged here) and the
-  // source pulls them while it reduces, finding them through table[b][e][s] = first row of s in e.
+  // Remote source: one Write per row into s.recv[b][t][k]. Node-local source: rows stay in this rank's
+  // send[b] (zero-copy: the caller wrote them there; else staged here) and the source pulls them while
+  // it reduces, finding them through table[b][e][s] = first row of s in e; or partials (above).
   auto send = [&](int c) -> Status {
     EPX_FAULT_POINT(kLlCombineSend);
     for (int s = c; s < R; s += C) {
       if (st.Masked(s)) continue;  // no rows and no "done" for a masked source (kernels/ll.h "Masking")
       const bool local = st.Local(s);
+      if (local && s != st.rank && partials) {
+        Status pre = PreReduce(st, h, in, b, c, s, target);
+        if (!pre.ok() && st.Masked(s)) continue;  // s died and is masked (mask_on_failure): skip it
+        EPX_RETURN_IF_ERROR(pre);
+        std::memcpy(st.heap() + st.Kind(b, s), &kLlLeftPartials, sizeof(int32_t));
+        EPX_RETURN_IF_ERROR(st.Add(c, s, st.Done(b, st.rank), 1));  // release: the partials and the kind
+        continue;
+      }
       const bool stage = !in.zero_copy && !(s == st.rank && self_y != nullptr);
+      if (local) std::memcpy(st.heap() + st.Kind(b, s), &kLlLeftRows, sizeof(int32_t));
       for (int e = 0; e < El; ++e) {
         const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
         const int begin = LlRangeBegin(range), end = begin + LlRangeCount(range);
@@ -65,6 +142,18 @@ Status LlCombineRecv(LlState& st, int b) {
     EPX_RETURN_IF_ERROR(st.MaskOnFailure(d, std::move(s)));
     if (!st.Masked(d)) --d;  // another rank died and is masked now: wait for d again
   }
+  // What each node-local peer left for this rank: written by d before its done add (acquired above).
+  for (int d = 0; d < st.R; ++d) {
+    st.kind_of[d] = kLlLeftRows;
+    if (d == st.rank || !st.Local(d) || st.Masked(d)) continue;
+    int32_t kind;
+    std::memcpy(&kind, st.ctx.node().Address(d, st.Kind(b, st.rank)), sizeof(kind));
+    if (kind != kLlLeftRows && kind != kLlLeftPartials) [[unlikely]]
+      return EPX_ERROR(kInternal,
+                       "low-latency combine: rank {}: node-local rank {} left kind {} (buffer {}, call {})",
+                       st.rank, d, kind, b, p.call);
+    st.kind_of[d] = kind;
+  }
   bf16* dst = out.out.empty() ? nullptr : out.out.data();
   if (!dst) {
     out.x.resize(static_cast<size_t>(N) * H);
@@ -74,34 +163,58 @@ Status LlCombineRecv(LlState& st, int b) {
     float* acc = st.acc[c].data();
     const bf16* rows[kLlMaxTopk];
     float w[kLlMaxTopk];
+    SumGroup groups[kLlMaxTopk];
+    int owner[kLlMaxTopk], slot[kLlMaxTopk];
     const int per = (N + st.C - 1) / st.C, t0 = std::min(N, per * c), t1 = std::min(N, per * (c + 1));
     for (int t = t0; t < t1; ++t) {
-      int n = 0;
-      for (int k = 0; k < K; ++k) {  // top-k order: the reduction order of the reference
+      // The token's live (k, owner) in top-k order, then stably by owner: the reference's groups.
+      int m = 0;
+      for (int k = 0; k < K; ++k) {
         const size_t tk = static_cast<size_t>(t) * K + k;
         const int64_t g = h.topk_idx[tk];
         if (g < 0 || h.send_slot[tk] < 0) continue;  // no expert, or its rank was masked at dispatch
-        const int d = st.Owner(g), e = static_cast<int>(g % st.El);
+        const int d = st.Owner(g);
         if (st.Masked(d)) continue;
-        w[n] = p.weights[tk];
-        if (st.Local(d)) {  // pull from d's send[b]: row = (first row of this rank in e) + slot of (t, k)
-          int32_t first;
-          std::memcpy(&first, st.ctx.node().Address(d, st.Table(b, e, st.rank)), sizeof(first));
-          // `first` was written by d: checked before it addresses d's heap (kernels/ll_wire.h).
-          StatusOr<int64_t> row =
-              LlDecodeCombineRow(first, h.send_slot[tk], st.cfg.rows_per_expert(), st.rank, d, e);
-          if (!row.ok()) [[unlikely]]
-            return internal::MakeError(row.status().code(), __FILE__, __LINE__, row.status().message());
-          if (d == st.rank && p.self_y != nullptr)  // our own rows, not staged: y row (e, row)
-            rows[n++] = p.self_y + (static_cast<size_t>(e) * st.cfg.rows_per_expert() + *row) * H;
-          else
-            rows[n++] = reinterpret_cast<const bf16*>(
-                st.ctx.node().Address(d, st.CombineStage(b, e, static_cast<int>(*row))));
-        } else {
-          rows[n++] = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
-        }
+        int i = m++;
+        for (; i > 0 && owner[i - 1] > d; --i) owner[i] = owner[i - 1], slot[i] = slot[i - 1];
+        owner[i] = d;
+        slot[i] = k;
       }
-      WeightedSumBf16Rows(dst + static_cast<size_t>(t) * H, acc, rows, w, n, H);
+      int n = 0, ng = 0;
+      for (int i = 0; i < m;) {
+        const int d = owner[i];
+        if (st.kind_of[d] == kLlLeftPartials) {  // one FP32 row for all of d's experts of t
+          groups[ng++] = SumGroup{
+              0, 0, reinterpret_cast<const float*>(st.ctx.node().Address(d, st.Partial(b, st.rank, t)))};
+          while (i < m && owner[i] == d) ++i;
+          continue;
+        }
+        const int first = n;
+        for (; i < m && owner[i] == d; ++i) {
+          const int k = slot[i];
+          const size_t tk = static_cast<size_t>(t) * K + k;
+          const int e = static_cast<int>(h.topk_idx[tk] % st.El);
+          w[n] = p.weights[tk];
+          if (st.Local(d)) {  // pull from d's send[b]: row = (first row of this rank in e) + slot of (t, k)
+            int32_t first_row;
+            std::memcpy(&first_row, st.ctx.node().Address(d, st.Table(b, e, st.rank)), sizeof(first_row));
+            // `first_row` was written by d: checked before it addresses d's heap (kernels/ll_wire.h).
+            StatusOr<int64_t> row =
+                LlDecodeCombineRow(first_row, h.send_slot[tk], st.cfg.rows_per_expert(), st.rank, d, e);
+            if (!row.ok()) [[unlikely]]
+              return internal::MakeError(row.status().code(), __FILE__, __LINE__, row.status().message());
+            if (d == st.rank && p.self_y != nullptr)  // our own rows, not staged: y row (e, row)
+              rows[n++] = p.self_y + (static_cast<size_t>(e) * st.cfg.rows_per_expert() + *row) * H;
+            else
+              rows[n++] = reinterpret_cast<const bf16*>(
+                  st.ctx.node().Address(d, st.CombineStage(b, e, static_cast<int>(*row))));
+          } else {
+            rows[n++] = reinterpret_cast<const bf16*>(st.heap() + st.CombineSlot(b, t, k));
+          }
+        }
+        groups[ng++] = SumGroup{first, n - first, nullptr};
+      }
+      GroupedWeightedSumBf16(dst + static_cast<size_t>(t) * H, acc, rows, w, groups, ng, H);
     }
     return Status::Ok();
   };

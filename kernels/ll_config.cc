@@ -48,10 +48,12 @@ StatusOr<LlLayout> LlLayout::Make(const LowLatencyConfig& cfg) {
       64);
   l.combine_msg = AlignUp(2 * h, 64);
   l.send_bytes = AlignUp(std::max(t * l.dispatch_msg, el * rows * l.combine_msg), 4096);
-  l.recv_bytes = AlignUp(std::max(el * rows * l.dispatch_msg, t * cfg.topk * l.combine_msg), 4096);
+  l.partial_bytes = AlignUp(4 * h, 64);
+  l.partial_off = t * cfg.topk * l.combine_msg;
+  l.recv_bytes = AlignUp(std::max(el * rows * l.dispatch_msg, l.partial_off + r * t * l.partial_bytes), 4096);
   l.counter_bytes = AlignUp(8 * (el * r + 2 * r), 64);
   l.counters_total = AlignUp(cfg.depth * l.counter_bytes, 4096);
-  l.table_bytes = AlignUp(4 * el * r, 64);
+  l.table_bytes = AlignUp(8 + 4 * el * r + 4 * r + 4 * t * cfg.topk, 64);
   l.tables_total = AlignUp(cfg.depth * l.table_bytes, 4096);
   l.heap_bytes = cfg.depth * (l.send_bytes + l.recv_bytes) + l.counters_total + l.tables_total;
   return l;

@@ -18,13 +18,17 @@
 //   send       = max(T_max * dispatch, E_local * rows * combine)
 //                dispatch: one staged copy per token, reused for its K targets; combine: the expert
 //                outputs, [E_local][rows] (the zero-copy target)
-//   recv       = max(E_local * rows * dispatch, T_max * K * combine)
-//                dispatch: [local expert][source rank][slot]; combine: [token][top-k slot]
+//   partial    = align64(4H)         one FP32 partial sum (combine, kernels/ll.h)
+//   recv       = max(E_local * rows * dispatch, T_max * K * combine + R * T_max * partial)
+//                dispatch: [local expert][source rank][slot]; combine: [token][top-k slot], then the
+//                partials this rank computed for its node-local sources, [source rank][token]
 //   counters   = align64(8 * (E_local * R + 2R))              dispatch count per (local expert, source);
 //                                                             combine "done" per destination rank;
 //                                                             "released" per peer (kernels/ll.h)
-//   table      = align64(4 * E_local * R)                     combine: first row of each (local expert, source)
-//                                                             in send, read by node-local sources that pull
+//   table      = align64(8 + 4 * E_local * R + 4 * R + 4 * T_max * K)
+//                combine, read by node-local peers: "weights ready" (u64, written by this rank), first row
+//                of each (local expert, source) in send, what this rank left for each source (rows or
+//                partials), this rank's top-k weights [T_max][K] (FP32)
 //   heap       = D * (align4096(send) + align4096(recv)) + align4096(D * counters) + align4096(D * table)
 // The counters of all buffers are one block so the caller can put it in the RDMA counter area. Size
 // does not depend on R for a fixed E (E_local * R = E), as in DeepEP.
@@ -77,11 +81,13 @@ struct LlLayout {
   size_t header_bytes = 0;    // dispatch header
   size_t dispatch_msg = 0;    // one dispatch slot
   size_t combine_msg = 0;     // one combine slot
+  size_t partial_bytes = 0;   // one FP32 partial row (stride of the partial area)
+  size_t partial_off = 0;     // the partial area in recv
   size_t send_bytes = 0;      // per buffer, page aligned
   size_t recv_bytes = 0;      // per buffer, page aligned
   size_t counter_bytes = 0;   // per buffer (64-aligned); all D of them form one block
   size_t counters_total = 0;  // align4096(D * counter_bytes)
-  size_t table_bytes = 0;     // per buffer: combine row table [E_local][R] int32 (64-aligned)
+  size_t table_bytes = 0;     // per buffer: combine table (above; 64-aligned)
   size_t tables_total = 0;    // align4096(D * table_bytes)
   size_t heap_bytes = 0;      // everything
   static StatusOr<LlLayout> Make(const LowLatencyConfig& cfg);

@@ -131,18 +131,25 @@ StatusOr<std::vector<bf16>> LlReferenceCombine(const LlRefProblem& p, int src, c
   // next[e]: the row the next token of src selecting e has in expert e (tokens are visited in order).
   std::vector<int> next = SourceBegins(p, PairCounts(p), src);
   std::vector<bf16> out(static_cast<size_t>(n) * h);
-  std::vector<float> acc(h);
+  std::vector<float> acc(h), part(h);
   for (int t = 0; t < n; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int k = 0; k < k_max; ++k) {
-      const int64_t g = p.topk_idx[src][static_cast<size_t>(t) * k_max + k];
-      if (g < 0) continue;
-      const float w = p.topk_weights[src][static_cast<size_t>(t) * k_max + k];
-      const bf16* row = y(static_cast<int>(g / el), static_cast<int>(g % el), next[g]++);
-      for (int j = 0; j < h; ++j) {
-        const float prod = w * Bf16ToFloat(row[j]);  // rounded to FP32 before the add: no FMA
-        acc[j] += prod;
+    for (int d = 0; d < p.num_ranks; ++d) {  // groups in rank order
+      bool any = false;
+      for (int k = 0; k < k_max; ++k) {  // terms of a group in top-k order
+        const int64_t g = p.topk_idx[src][static_cast<size_t>(t) * k_max + k];
+        if (g < 0 || g / el != d) continue;
+        if (!any) std::fill(part.begin(), part.end(), 0.0f);
+        any = true;
+        const float w = p.topk_weights[src][static_cast<size_t>(t) * k_max + k];
+        const bf16* row = y(d, static_cast<int>(g % el), next[g]++);
+        for (int j = 0; j < h; ++j) {
+          const float prod = w * Bf16ToFloat(row[j]);  // rounded to FP32 before the add: no FMA
+          part[j] = part[j] + prod;
+        }
       }
+      if (any)
+        for (int j = 0; j < h; ++j) acc[j] = acc[j] + part[j];
     }
     for (int j = 0; j < h; ++j) out[static_cast<size_t>(t) * h + j] = FloatToBf16(acc[j]);
   }

@@ -14,10 +14,13 @@
 // rows of source s start at begin(e, s) = sum of counts of sources < s, and the row of (s, t) is
 // begin(e, s) + #{t' < t of s selecting e}. Rows past count are zero (x, scales) and -1 (src_info).
 //
-// Combine on source s: out[t] = bf16(sum over k in top-k order, idx[t,k] >= 0, of
-// w[t,k] * y(expert idx[t,k], row of (s, t))), in FP32: acc = 0; acc += w * y (the product rounded to
-// FP32 first: no FMA, so that any kernel can match bitwise); rounded once. A token with no expert
-// gives +0.
+// Combine on source s, grouped by expert rank: out[t] = bf16(((0 + P_d0) + P_d1) + ...) over the ranks
+// d0 < d1 < ... owning at least one of t's experts (idx[t,k] >= 0), where
+// P_d = ((0 + w[t,k0] * y_k0) + w[t,k1] * y_k1) + ... over t's top-k slots k0 < k1 < ... whose expert is on
+// rank d, y_k = y(expert idx[t,k], row of (s, t)); everything FP32, each product rounded to FP32 before
+// its add (no FMA, so any kernel can match bitwise), one rounding at the end. The grouping lets rank d
+// send one FP32 partial per token instead of its rows (kernels/ll.h "Combine"); with all experts on one
+// rank it is the plain top-k-order sum. A token with no expert gives +0.
 #pragma once
 
 #include <cstdint>

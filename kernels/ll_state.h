@@ -18,6 +18,10 @@
 
 namespace epx {
 
+// What a node-local expert rank leaves for a source in a combine (its Kind entry, kernels/ll.h "Combine").
+inline constexpr int32_t kLlLeftRows = 0;      // rows in its send[b], found through the table
+inline constexpr int32_t kLlLeftPartials = 1;  // one FP32 partial per token in its recv[b] (Partial)
+
 // Mode byte of the dispatch header's shape word (kernels/ll.h "Header word").
 inline uint32_t LlShapeWord(int hidden, bool fp8, const Fp8Options& o) {
   const uint32_t mode = !fp8 ? 0u : o.ue8m0 ? 3u : o.round_scale ? 2u : 1u;
@@ -52,14 +56,16 @@ struct LlState {
   std::unique_ptr<RdmaDomain> rdma;  // several logical nodes only
   std::unique_ptr<WorkerPool> pool;  // C > 1 only; with one channel the caller's thread runs it
   uint64_t next_call = 0;
-  std::vector<LlPending> pending;              // [D]
-  std::vector<uint64_t> combine_uses;          // [D] combine calls made on each buffer
-  std::vector<uint64_t> prev_cnt;              // [D, El, R] last consumed value of each dispatch counter
-  std::vector<std::vector<int>> ord;           // [C][E] per-channel slot counters of the call being sent
-  std::vector<std::vector<uint64_t>> wait_ns;  // [C][R] per-channel wait time per source
-  std::vector<std::vector<float>> acc;         // [C][hidden] combine reduction scratch
-  std::vector<std::vector<int>> begin, fill;   // [C][El] dispatch receive: first row / rows placed per expert
-  std::vector<uint64_t> recv_tokens;           // [El]
+  std::vector<LlPending> pending;                 // [D]
+  std::vector<uint64_t> combine_uses;             // [D] combine calls made on each buffer
+  std::vector<uint64_t> prev_cnt;                 // [D, El, R] last consumed value of each dispatch counter
+  std::vector<std::vector<int>> ord;              // [C][E] per-channel slot counters of the call being sent
+  std::vector<std::vector<uint64_t>> wait_ns;     // [C][R] per-channel wait time per source
+  std::vector<std::vector<float>> acc;            // [C][2 * hidden] combine reduction scratch
+  std::vector<std::vector<const bf16*>> tk_rows;  // [C][T_max * K] combine pre-reduction: y row of (t, k)
+  std::vector<int32_t> kind_of;                   // [R] combine receive: what node-local rank d left (kLl*)
+  std::vector<std::vector<int>> begin, fill;  // [C][El] dispatch receive: first row / rows placed per expert
+  std::vector<uint64_t> recv_tokens;          // [El]
   uint64_t dispatches = 0, combines = 0;
   bool broken = false;  // a call failed midway: peers may hold a part of it
   // Masking (kernels/ll.h "Masking"): masked[r] != 0 -> calls neither send to r nor wait for r.
@@ -92,8 +98,15 @@ struct LlState {
   size_t Send(int b) const { return base + static_cast<size_t>(b) * (lay.send_bytes + lay.recv_bytes); }
   size_t Recv(int b) const { return Send(b) + lay.send_bytes; }
   size_t CounterBlock() const { return base + static_cast<size_t>(D()) * (lay.send_bytes + lay.recv_bytes); }
-  size_t Table(int b, int e, int s) const {
-    return CounterBlock() + lay.counters_total + b * lay.table_bytes + 4 * (static_cast<size_t>(e) * R + s);
+  // Combine table of buffer b (kernels/ll_config.h): read by node-local peers.
+  size_t TableBase(int b) const { return CounterBlock() + lay.counters_total + b * lay.table_bytes; }
+  size_t WeightsReady(int b) const { return TableBase(b); }  // u64: combine calls on b whose weights are out
+  size_t Table(int b, int e, int s) const { return TableBase(b) + 8 + 4 * (static_cast<size_t>(e) * R + s); }
+  size_t Kind(int b, int s) const { return TableBase(b) + 8 + 4 * (static_cast<size_t>(El) * R + s); }
+  size_t Weights(int b) const { return TableBase(b) + 8 + 4 * (static_cast<size_t>(El) * R + R); }
+  // FP32 partial of source s's token t, computed by this rank (recv[b]'s partial area).
+  size_t Partial(int b, int s, int t) const {
+    return Recv(b) + lay.partial_off + (static_cast<size_t>(s) * cfg.max_tokens + t) * lay.partial_bytes;
   }
   size_t Cnt(int b, int e, int s) const {
     return CounterBlock() + b * lay.counter_bytes + 8 * (static_cast<size_t>(e) * R + s);
@@ -132,8 +145,10 @@ struct LlState {
     }
     return rdma->FetchAdd(ch, peer, remote_off, v);  // same QP as the data: RC executes it after the data
   }
-  StatusOr<uint64_t> Read(int writer, size_t off) {
-    if (Local(writer)) return ctx.node().AtomicLoad(rank, off);  // acquire: the writer's Puts are visible
+  // `in_writer_heap`: the word is in the (node-local) writer's own heap, not in this rank's.
+  StatusOr<uint64_t> Read(int writer, size_t off, bool in_writer_heap = false) {
+    if (Local(writer))  // acquire: the writer's Puts are visible
+      return ctx.node().AtomicLoad(in_writer_heap ? writer : rank, off);
     return rdma->ReadCounter(off);
   }
   // Waits until the counter at `off` (written by `writer`) is >= target, adding the time waited to
@@ -141,15 +156,17 @@ struct LlState {
   // names what was awaited; it is only evaluated when the first read falls short. Remote counters wait in the
   // RDMA domain, which also probes peers and names a dead one early.
   template <typename Diag>
-  StatusOr<uint64_t> WaitGE(int writer, size_t off, uint64_t target, uint64_t* waited_ns, Diag&& diag) {
-    EPX_ASSIGN_OR_RETURN(uint64_t v, Read(writer, off));
+  StatusOr<uint64_t> WaitGE(int writer, size_t off, uint64_t target, uint64_t* waited_ns, Diag&& diag,
+                            bool in_writer_heap = false) {
+    const int holder = in_writer_heap ? writer : rank;
+    EPX_ASSIGN_OR_RETURN(uint64_t v, Read(writer, off, in_writer_heap));
     if (v >= target) return v;
     const auto t0 = Clock::now();
     if (Local(writer)) {
       const Deadline deadline = Deadline::After(std::chrono::milliseconds(timeout_ms));
       Backoff backoff;
       for (uint32_t i = 0;; ++i) {
-        v = ctx.node().AtomicLoad(rank, off);
+        v = ctx.node().AtomicLoad(holder, off);
         if (v >= target) break;
         // Another channel masked the writer (mask_on_failure): this wait is moot (kernels/ll.h "Masking").
         if ((i & 63) == 63 && Masked(writer)) [[unlikely]]
@@ -159,7 +176,7 @@ struct LlState {
                            rank, timeout_ms, writer, diag(), v, target);
         // Slow path (the back-off sleeps): a dead peer is named now rather than at the deadline.
         if ((i & 63) == 63 && backoff.sleeping() && ctx.liveness().PeerDead()) [[unlikely]] {
-          if ((v = ctx.node().AtomicLoad(rank, off)) >= target) break;  // it published, then exited
+          if ((v = ctx.node().AtomicLoad(holder, off)) >= target) break;  // it published, then exited
           const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
           return ctx.liveness().PeerFailure(
               "a low-latency call", fmt::format("rank {} waited {} ms for rank {}: {} (counter {} < {})",
@@ -212,7 +229,10 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
 Status LlDispatchRecv(LlState& st, int b);
 // `self_y`: this rank's rows for its own tokens are not staged; the receive phase reads them from there (a
 // one-phase call, where y outlives the receive phase).
-Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y);
+// `target`: the value of weights-ready / done of this combine on b (the number of combines on b so far,
+// this one included).
+Status LlCombineSend(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, const bf16* self_y,
+                     uint64_t target);
 Status LlCombineRecv(LlState& st, int b);
 
 }  // namespace epx

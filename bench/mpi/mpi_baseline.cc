@@ -194,8 +194,9 @@ StatusOr<MPI_Datatype> MpiWorkspace::RowType(size_t bytes) {
 size_t MpiWorkspace::bytes() const {
   return Bytes(n_.slot) + Bytes(n_.send_x) + Bytes(n_.send_scales) + Bytes(n_.send_meta) +
          Bytes(n_.recv_meta) + Bytes(n_.back_y) + Bytes(n_.back_w) + Bytes(n_.acc) + Bytes(l_.expert_cursor) +
-         Bytes(l_.pair_pos) + Bytes(l_.recv_row) + Bytes(l_.send_rec) + Bytes(l_.recv_rec) +
-         Bytes(l_.back_send) + Bytes(l_.back_recv) + Bytes(l_.acc) + Bytes(send_hdr_) + Bytes(recv_hdr_);
+         Bytes(l_.pair_pos) + Bytes(l_.pair_rank) + Bytes(l_.recv_row) + Bytes(l_.send_rec) +
+         Bytes(l_.recv_rec) + Bytes(l_.back_send) + Bytes(l_.back_recv) + Bytes(l_.acc) + Bytes(send_hdr_) +
+         Bytes(recv_hdr_);
 }
 
 // ---- Normal dispatch -----------------------------------------------------------------------------------
@@ -465,6 +466,7 @@ Status MpiLlDispatch(MpiWorkspace& ws, const MpiLlInput& in, LlRefDispatch* out)
   // that whole record (payload, scales, token) and set their own local expert.
   uint8_t* send_rec = Grow(l.send_rec, std::max<size_t>(sent * rec.bytes, 1));
   int32_t* pair_pos = Grow(l.pair_pos, static_cast<size_t>(N) * K);
+  int32_t* pair_rank = Grow(l.pair_rank, static_cast<size_t>(N) * K);
   int* cursor = l.expert_cursor.data();
   for (int t = 0; t < N; ++t) {
     const uint8_t* first = nullptr;
@@ -476,6 +478,7 @@ Status MpiLlDispatch(MpiWorkspace& ws, const MpiLlInput& in, LlRefDispatch* out)
       }
       const int pos = cursor[e]++;
       pair_pos[static_cast<size_t>(t) * K + k] = pos;
+      pair_rank[static_cast<size_t>(t) * K + k] = static_cast<int32_t>(e / El);
       uint8_t* r = send_rec + static_cast<size_t>(pos) * rec.bytes;
       if (first) {
         std::memcpy(r, first, rec.bytes);
@@ -583,25 +586,32 @@ Status MpiLlCombine(MpiWorkspace& ws, const MpiLlCombineInput& in, std::vector<b
                               l.mpi_send_counts.data(), l.send_displs.data(), y_t, ws.comm_),
                 "MPI_Alltoallv (ll combine)", me));
 
-  // LlReferenceCombine's order: top-k order, FP32, the product rounded to FP32 before the add, one
-  // rounding at the end -- summed by epx's own WeightedSumBf16Rows (kernels/bf16_math.h, bitwise that
-  // loop), as epx's low-latency combine does, so that a comparison measures the exchange and not the
-  // arithmetic (the same choice as the normal combine above).
-  float* acc = Grow(l.acc, H);
+  // LlReferenceCombine's order: grouped by expert rank (ranks in order, top-k order inside a group), FP32,
+  // the product rounded to FP32 before the add, one rounding at the end -- summed by epx's own
+  // GroupedWeightedSumBf16 (kernels/bf16_math.h, bitwise that loop), as epx's low-latency combine does, so
+  // that a comparison measures the exchange and not the arithmetic (the same choice as the normal combine
+  // above).
+  float* acc = Grow(l.acc, 2 * static_cast<size_t>(H));
   const bf16** terms = Grow(l.terms, static_cast<size_t>(std::max(K, 1)));
   float* w = Grow(l.w, static_cast<size_t>(std::max(K, 1)));
+  SumGroup* groups = Grow(l.groups, static_cast<size_t>(std::max(K, 1)));
   out->resize(static_cast<size_t>(N) * H);
   for (int t = 0; t < N; ++t) {
-    int n = 0;
-    for (int k = 0; k < K; ++k) {
-      const int32_t pos = l.pair_pos[static_cast<size_t>(t) * K + k];
-      if (pos < 0) continue;
-      w[n] = in.topk_weights[static_cast<size_t>(t) * K + k];
-      terms[n++] = pos + l.self_shift >= own_begin && pos + l.self_shift < own_end
-                       ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
-                       : back_recv + static_cast<size_t>(pos) * H;
+    int n = 0, ng = 0;
+    for (int d = 0; d < R; ++d) {  // a pass per rank: K is small, and this keeps top-k order in a group
+      const int first = n;
+      for (int k = 0; k < K; ++k) {
+        const size_t tk = static_cast<size_t>(t) * K + k;
+        const int32_t pos = l.pair_pos[tk];
+        if (pos < 0 || l.pair_rank[tk] != d) continue;
+        w[n] = in.topk_weights[tk];
+        terms[n++] = pos + l.self_shift >= own_begin && pos + l.self_shift < own_end
+                         ? in.y.data() + static_cast<size_t>(l.recv_row[pos + l.self_shift]) * H
+                         : back_recv + static_cast<size_t>(pos) * H;
+      }
+      if (n > first) groups[ng++] = SumGroup{first, n - first, nullptr};
     }
-    WeightedSumBf16Rows(out->data() + static_cast<size_t>(t) * H, acc, terms, w, n, H);
+    GroupedWeightedSumBf16(out->data() + static_cast<size_t>(t) * H, acc, terms, w, groups, ng, H);
   }
   return Status::Ok();
 }

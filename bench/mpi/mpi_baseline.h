@@ -31,8 +31,9 @@
 //     records, unpacked (memcpy per row) into [local expert][source rank, token] rows. Rows of x/scales
 //     past count[e] are unspecified (not cleared per call, like epx's LlDispatchOutput); src_info is -1
 //     there.
-//   MpiLlCombine: rows go back with MPI_Alltoallv; out[t] = bf16(sum over k in top-k order of
-//     w[t,k] * y) in FP32 with the product rounded before the add, exactly LlReferenceCombine.
+//   MpiLlCombine: rows go back with MPI_Alltoallv; out[t] = the weighted sum of its rows in
+//     LlReferenceCombine's order (grouped by expert rank, top-k order inside a group, FP32, the product
+//     rounded before the add), bitwise that.
 //
 // Every call is collective over the workspace's communicator; all ranks make the same sequence of calls
 // with the same hidden/topk/E/dtype/FP8 options and the same presence of weights/biases (as for any MPI
@@ -51,6 +52,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "kernels/bf16_math.h"  // SumGroup
 #include "kernels/dtypes.h"
 #include "kernels/ll_reference.h"
 #include "kernels/reference.h"
@@ -183,14 +185,16 @@ class MpiWorkspace {
     int self_shift = 0;              // own block: received-record index = sent-record index + self_shift
     std::vector<int> expert_cursor;  // [E] packing cursor per global expert
     std::vector<int32_t> pair_pos;   // [N * K]: record of (t, k) in the send (and back) buffer, or -1
+    std::vector<int32_t> pair_rank;  // [N * K]: rank of (t, k)'s expert (combine groups by it)
     std::vector<int32_t> recv_row;   // [pairs received]: output row (e * rows + i) of each received record
     std::vector<uint8_t> send_rec;   // [pairs sent, record]
     std::vector<uint8_t> recv_rec;   // [pairs received, record]
     std::vector<bf16> back_send;     // combine: [pairs received, H] packed per source
     std::vector<bf16> back_recv;     // combine: [pairs sent, H]
-    std::vector<float> acc;          // [H]
-    std::vector<const bf16*> terms;  // [K] rows of one token's weighted sum
+    std::vector<float> acc;          // [2H]
+    std::vector<const bf16*> terms;  // [K] rows of one token's weighted sum, grouped by expert rank
     std::vector<float> w;            // [K] their weights
+    std::vector<SumGroup> groups;    // [K] the groups (kernels/bf16_math.h)
   } l_;
 };
 

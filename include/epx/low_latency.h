@@ -12,7 +12,7 @@
 //   buf->Receive(&hook);                                       // recv.x [E_local, R*T_max, H] FP8 + scales
 //   ... experts compute y [E_local, R*T_max, H] BF16 (or write it into buf->NextCombineBuffer()) ...
 //   epx::LlCombineOutput back;
-//   buf->Combine(handle, {.y = y, .topk_weights = w}, &back);  // back.x [N, H] = sum_k w * y in top-k order
+//   buf->Combine(handle, {.y = y, .topk_weights = w}, &back);  // back.x [N, H] = sum_k w * y (order below)
 //
 // Semantics
 //   * No count exchange before the data: each (token, expert) pair is written straight into the
@@ -22,8 +22,12 @@
 //     depends on timing). layout_range gives each source's (begin, count); src_info the token.
 //   * FP8: per 128-column block amax (floor 1e-4), e4m3 with saturation, scale = amax/448 (f32);
 //     round_scale gives power-of-two scales, UE8M0 keeps the exponent byte (4 per int32).
-//   * Combine: out[t] = bf16(sum over k in top-k order, idx >= 0, of fp32(w[t,k] * y)) in FP32: bitwise
-//     reproducible and equal to the serial reference (kernels/ll_reference.h).
+//   * Combine: out[t] = bf16(sum over idx >= 0 of fp32(w[t,k] * y)) in FP32, grouped by expert rank: each
+//     rank's terms in top-k order from +0, then those partial sums in rank order from +0 (so a rank may
+//     send one FP32 partial per token instead of its rows). Bitwise reproducible and equal to the serial
+//     reference (kernels/ll_reference.h); with all experts on one rank, the plain top-k-order sum.
+//   * A one-phase combine waits, before it sends to a node-local source, for that source to enter the
+//     same combine (its weights); two-phase and zero-copy sends wait for no peer.
 //   * Two-phase: pass an LlHook and the call returns once its sends are posted; Receive(hook) later.
 //     `depth` buffers rotate (default 3), so depth - 1 calls may be pending; no clean call is needed
 //     between calls or after normal-mode calls (the LL buffers are their own heap block).

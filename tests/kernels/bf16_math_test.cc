@@ -6,10 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace epx {
@@ -29,6 +31,19 @@ std::vector<bf16> RandomRow(std::mt19937& rng, int n) {
   return row;
 }
 
+// num_rows random rows of n columns, their pointers and weights in [-2, 2).
+struct Terms {
+  Terms(std::mt19937& rng, int n, int num_rows) : w(num_rows) {
+    std::uniform_real_distribution<float> wd(-2.0f, 2.0f);
+    for (int r = 0; r < num_rows; ++r) rows.push_back(RandomRow(rng, n));
+    for (auto& r : rows) ptrs.push_back(r.data());
+    for (auto& x : w) x = wd(rng);
+  }
+  std::vector<std::vector<bf16>> rows;
+  std::vector<const bf16*> ptrs;
+  std::vector<float> w;
+};
+
 bf16 Reference(const std::vector<std::vector<bf16>>& rows, const float* w, int j) {
   if (rows.empty()) return bf16{0};
   float a = 0.0f;
@@ -43,16 +58,12 @@ bf16 Reference(const std::vector<std::vector<bf16>>& rows, const float* w, int j
 
 TEST(Bf16Math, SumAndWeightedSumMatchTheScalarDefinitionBitwise) {
   std::mt19937 rng(11);
-  std::uniform_real_distribution<float> wd(-2.0f, 2.0f);
   int checked = 0;
   for (int n : {1, 7, 15, 16, 17, 31, 48, 63, 64, 65, 100, 127, 128, 129, 7168, 7169}) {
     for (int num_rows = 0; num_rows <= 9; ++num_rows) {
-      std::vector<std::vector<bf16>> rows;
-      std::vector<const bf16*> ptrs;
-      for (int r = 0; r < num_rows; ++r) rows.push_back(RandomRow(rng, n));
-      for (auto& r : rows) ptrs.push_back(r.data());
-      std::vector<float> w(num_rows);
-      for (auto& x : w) x = wd(rng);
+      const Terms terms(rng, n, num_rows);
+      const auto& [rows, ptrs, w0] = terms;
+      std::vector<float> w = w0;
       if (num_rows > 2) w[1] = 0.0f;  // a zero weight times inf is NaN: the definition keeps it
       // Guard columns on both sides: the kernels write exactly n elements.
       std::vector<bf16> sum(n + 2, bf16{0x1234}), wsum(n + 2, bf16{0x1234});
@@ -73,6 +84,84 @@ TEST(Bf16Math, SumAndWeightedSumMatchTheScalarDefinitionBitwise) {
     }
   }
   EXPECT_GT(checked, 100000);
+}
+
+// The grouped order written out: every group's partial from +0 in FP32, then +0 plus the partials.
+float GroupPartialRef(const std::vector<std::vector<bf16>>& rows, const float* w, int first, int count,
+                      int j) {
+  float p = 0.0f;
+  for (int r = first; r < first + count; ++r) {
+    const float t = w[r] * Bf16ToFloat(rows[r][j]);  // a named term: the sum stays the first operand
+    p = p + t;
+  }
+  return p;
+}
+
+TEST(Bf16Math, GroupedSumAndPartialsMatchTheScalarDefinitionBitwise) {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> split(0, 3);
+  int checked = 0;
+  for (int n : {1, 15, 16, 17, 63, 64, 65, 129, 7168, 7169}) {
+    for (int num_rows = 1; num_rows <= 9; ++num_rows) {
+      const Terms terms(rng, n, num_rows);
+      const auto& [rows, ptrs, w0] = terms;
+      std::vector<float> w = w0;
+      // Random groups of consecutive terms; every other one handed over as a precomputed partial, which
+      // WeightedPartialF32 must produce exactly (its guard columns untouched).
+      std::vector<SumGroup> groups;
+      std::vector<std::pair<int, int>> spans;  // each group's terms [first, first + count)
+      std::vector<std::vector<float>> partials;
+      partials.reserve(num_rows);
+      for (int r = 0; r < num_rows;) {
+        const int c = std::min(num_rows - r, 1 + split(rng));
+        SumGroup g{r, c, nullptr};
+        if (groups.size() % 2 == 1) {
+          partials.emplace_back(n + 2, 1234.5f);
+          WeightedPartialF32(partials.back().data() + 1, ptrs.data() + r, w.data() + r, c, n);
+          ASSERT_EQ(partials.back()[0], 1234.5f);
+          ASSERT_EQ(partials.back()[n + 1], 1234.5f) << "n=" << n;
+          for (int j = 0; j < n; ++j) {
+            const float want = GroupPartialRef(rows, w.data(), r, c, j), got = partials.back()[j + 1];
+            ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want))
+                << "partial n=" << n << " terms " << r << ".." << r + c << " column " << j;
+          }
+          g = SumGroup{0, 0, partials.back().data() + 1};
+        }
+        groups.push_back(g);
+        spans.emplace_back(r, c);
+        r += c;
+      }
+      std::vector<bf16> out(n + 2, bf16{0x1234}), one(n + 2, bf16{0x1234}), plain(n);
+      std::vector<float> acc(2 * static_cast<size_t>(n));
+      GroupedWeightedSumBf16(out.data() + 1, acc.data(), ptrs.data(), w.data(), groups.data(),
+                             static_cast<int>(groups.size()), n);
+      ASSERT_EQ(out[0].bits, 0x1234);
+      ASSERT_EQ(out[n + 1].bits, 0x1234) << "n=" << n;
+      // One group of all terms is the ungrouped weighted sum, bitwise.
+      const SumGroup all{0, num_rows, nullptr};
+      GroupedWeightedSumBf16(one.data() + 1, acc.data(), ptrs.data(), w.data(), &all, 1, n);
+      WeightedSumBf16Rows(plain.data(), acc.data(), ptrs.data(), w.data(), num_rows, n);
+      for (int j = 0; j < n; ++j) {
+        float a = 0.0f;
+        for (auto [r, c] : spans) {
+          // Two NaNs meeting keep the first operand's payload (x86): the running sum, as in the kernels.
+          const float part = GroupPartialRef(rows, w.data(), r, c, j);
+          a = a + part;
+        }
+        ASSERT_EQ(out[j + 1].bits, FloatToBf16(a).bits)
+            << "grouped n=" << n << " rows=" << num_rows << " column " << j;
+        ASSERT_EQ(one[j + 1].bits, plain[j].bits)
+            << "one group n=" << n << " rows=" << num_rows << " column " << j;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 50000);
+  // No groups: +0.
+  bf16 z{0x1234};
+  float acc[2];
+  GroupedWeightedSumBf16(&z, acc, nullptr, nullptr, nullptr, 0, 1);
+  EXPECT_EQ(z.bits, 0x0000);
 }
 
 TEST(Bf16Math, TiesRoundToEvenAndNegativeZeroBecomesPositive) {

@@ -44,17 +44,20 @@ TEST(LlConfig, SmallConfigByHand) {
   EXPECT_EQ(l->header_bytes, 32u);   // align16(8 + 12)
   EXPECT_EQ(l->dispatch_msg, 640u);  // align64(32 + max(600, 304 + 12))
   EXPECT_EQ(l->combine_msg, 640u);   // align64(600)
-  // send = max(4 * 640, 3 * 8 * 640) = 15360 -> 16384; recv = max(3 * 8 * 640, 4 * 3 * 640) -> 16384
+  // send = max(4 * 640, 3 * 8 * 640) = 15360 -> 16384; recv = max(3 * 8 * 640, 4 * 3 * 640 + 2 * 4 *
+  // align64(4 * 300)) = max(15360, 7680 + 9728) -> 20480
   EXPECT_EQ(l->send_bytes, 16384u);
-  EXPECT_EQ(l->recv_bytes, 16384u);
+  EXPECT_EQ(l->partial_bytes, 1216u);
+  EXPECT_EQ(l->partial_off, 7680u);
+  EXPECT_EQ(l->recv_bytes, 20480u);
   EXPECT_EQ(l->counter_bytes, 128u);  // align64(8 * (3 * 2 + 2 * 2))
   EXPECT_EQ(l->counters_total, 4096u);
-  EXPECT_EQ(l->table_bytes, 64u);  // align64(4 * 3 * 2)
+  EXPECT_EQ(l->table_bytes, 128u);  // align64(8 + 4 * 3 * 2 + 4 * 2 + 4 * 4 * 3)
   EXPECT_EQ(l->tables_total, 4096u);
-  EXPECT_EQ(l->heap_bytes, 4u * (16384 + 16384) + 4096 + 4096);
+  EXPECT_EQ(l->heap_bytes, 4u * (16384 + 20480) + 4096 + 4096);
   // Linear in depth.
   c.depth = 2;
-  EXPECT_EQ(*LlHeapBytes(c), 2u * (16384 + 16384) + 4096 + 4096);
+  EXPECT_EQ(*LlHeapBytes(c), 2u * (16384 + 20480) + 4096 + 4096);
 }
 
 TEST(LlConfig, RejectsEachInvariant) {

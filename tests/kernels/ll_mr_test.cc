@@ -130,6 +130,31 @@ TEST(LlMr, CombineBitwiseEachOutputMode) {
   stats.Check("combines");
 }
 
+// 3b. Each rank picks its own combine mode in the same call: a one-phase default-mode rank leaves FP32
+// partials for its node-local sources, a two-phase or zero-copy one leaves rows, and every source must
+// read each peer's kind (kernels/ll.h "Combine"). Rotating the modes over the ranks gives every pair of
+// (expert rank, source) modes somewhere; bitwise vs the reference each time.
+TEST(LlMr, CombineRanksInDifferentModesInOneCall) {
+  StatsCheck stats(Main());
+  const int me = Ctx().rank();
+  constexpr OutMode kModes[] = {OutMode::kVector, OutMode::kZeroCopy, OutMode::kCallerSpan};
+  for (int round = 0; round < 6; ++round) {
+    Gen g;
+    g.hidden = round % 2 ? kHidden : 200;
+    auto run = MakeTrial(Main(), g, 40 + round, /*fp8=*/round % 3 == 0);
+    ASSERT_OK(PostDispatch(Main(), *run, false));
+    CheckDispatch(*run);
+    const OutMode mode = kModes[(me + round) % 3];
+    const bool two_phase = (me + round / 3) % 2 == 1;
+    ASSERT_OK(PostCombine(Main(), *run, mode, 900 + round, two_phase));
+    if (two_phase) ASSERT_OK(Main().Receive(&run->chook));
+    CheckCombine(*run);
+    stats.Dispatched(*run);
+    stats.Combined();
+  }
+  stats.Check("mixed-mode combines");
+}
+
 // 4. FP8 dispatch -> dequantize (what an FP8 expert sees) as the expert output -> combine. Bitwise vs
 // the reference fed with the dequantized reference rows, and within DeepEP's test_low_latency bound
 // calc_diff < 9e-4 of the BF16 path (the reference with the original BF16 rows as expert outputs).

@@ -168,6 +168,31 @@ TEST(LlReference, CombineSumsInTopkOrderInFp32) {
   }
 }
 
+TEST(LlReference, CombineGroupsByExpertRank) {
+  // Two ranks, experts 0-1 on rank 0 and 2-3 on rank 1; the token picks 2, 0, 3 (weights 1) with values
+  // 2^24, 1, -2^24. Top-k order would give ((0 + 2^24) + 1) - 2^24 = 0; grouped by rank it is
+  // (0 + P_0) + P_1 = (0 + 1) + ((0 + 2^24) - 2^24) = 1. (Inside a group the order is top-k order:
+  // CombineSumsInTopkOrderInFp32.)
+  LlRefProblem p;
+  p.num_ranks = 2;
+  p.num_experts = 4;
+  p.hidden = 1;
+  p.topk = 3;
+  p.max_tokens = 1;
+  p.num_tokens = {1, 0};
+  p.topk_idx = {{2, 0, 3}, {}};
+  p.topk_weights = {{1.0f, 1.0f, 1.0f}, {}};
+  const float v[4] = {1.0f, 0.0f, 16777216.0f, -16777216.0f};  // by global expert
+  bf16 rows[4];
+  for (int e = 0; e < 4; ++e) rows[e] = FloatToBf16(v[e]);
+  auto out = LlReferenceCombine(p, 0, [&rows](int r, int le, int row) {
+    EXPECT_EQ(row, 0);
+    return &rows[r * 2 + le];
+  });
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(Bf16ToFloat((*out)[0]), 1.0f);
+}
+
 // Properties on random problems (R=4, E=8, K=3, -1 entries, ranks with fewer than T_max or no tokens):
 // every (token, expert) pair lands exactly once, blocks are contiguous in source order with increasing
 // tokens, rows are the source rows, LlRowOf agrees, and combine of "identity experts" (y = the
