@@ -135,7 +135,18 @@ EPX_AVX512_INLINE __m512 Weight(const float* w, int r) {
 
 // out = bf16(0 + t0 + t1 + ... ) (t_r = rows[r], or fp32(w[r] * rows[r])); no rows give +0.
 // (No lambdas: they would not inherit the target attribute.)
-template <bool kWeighted>
+// 32 output bytes at p; kStream: two 16-byte non-temporal stores (p 16-byte aligned, checked by the caller).
+template <bool kStream>
+EPX_AVX512_INLINE void Store16Bf16(uint16_t* p, __m256i v) {
+  if constexpr (kStream) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(v));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_extracti128_si256(v, 1));
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+}
+
+template <bool kWeighted, bool kStream = false>
 EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const float* w, int num_rows, int n) {
   auto* o = reinterpret_cast<uint16_t*>(out);
   if (num_rows == 0) {
@@ -155,8 +166,7 @@ EPX_AVX512_KERNEL void StripsAvx512(bf16* out, const bf16* const* rows, const fl
       for (int v = 0; v < 4; ++v)
         a[v] = _mm512_add_ps(a[v], Term<kWeighted>(avx512::LoadBf16(y + 16 * v), wr));
     }
-    for (int v = 0; v < 4; ++v)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j + 16 * v), ToBf16x16(a[v]));
+    for (int v = 0; v < 4; ++v) Store16Bf16<kStream>(o + j + 16 * v, ToBf16x16(a[v]));
   }
   for (; j < n; j += 16) {  // the last < 64 columns, 16 at a time, the last group masked
     const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
@@ -254,6 +264,10 @@ void WeightedAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, const fl
 void SumAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, int num_rows, int n) {
   StripsAvx512<false>(out, rows, nullptr, num_rows, n);
 }
+void SumStreamAvx512(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
+  if (reinterpret_cast<uintptr_t>(out) & 15) return SumAvx512(out, acc, rows, num_rows, n);
+  StripsAvx512<false, true>(out, rows, nullptr, num_rows, n);
+}
 #endif
 __attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows,
                                                   const float* w, int num_rows, int n) {
@@ -313,6 +327,14 @@ void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const f
 void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
   static const SumFn fn = PickSum();
   fn(out, acc, rows, num_rows, n);
+}
+
+void SumBf16RowsStream(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
+#if defined(__x86_64__)
+  static const bool avx512 = avx512::Usable();
+  if (avx512) return SumStreamAvx512(out, acc, rows, num_rows, n);
+#endif
+  SumBf16Rows(out, acc, rows, num_rows, n);
 }
 
 namespace {

@@ -13,6 +13,11 @@ namespace epx {
 // given; n == 0 gives +0. `acc` ([n] floats) is scratch. The first term initialises acc and the last
 // one is fused with the rounding store, so acc is touched n - 1 times instead of n + 2.
 void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n);
+// The same sum, written with non-temporal stores where the ISA and out's alignment (16 bytes) allow: for an
+// output far larger than the cache that this call does not read again (the normal combine's [N, H]); it
+// skips each line's read-for-ownership. StreamFence() (kernels/stream_copy.h) before another thread may
+// read out.
+void SumBf16RowsStream(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n);
 
 // out[j] = bf16(((0 + fp32(w[0] * rows[0][j])) + fp32(w[1] * rows[1][j])) + ...): the low-latency combine
 // (kernels/ll_reference.h order). Each product is rounded to FP32 before its add (no FMA); n == 0 rows

@@ -204,7 +204,7 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->ord.assign(C, std::vector<int>(cfg.num_experts, 0));
   st->wait_ns.assign(C, std::vector<uint64_t>(st->R, 0));
   st->acc.assign(C, std::vector<float>(2 * static_cast<size_t>(cfg.hidden), 0.0f));
-  st->tk_rows.assign(C, std::vector<const bf16*>(static_cast<size_t>(cfg.max_tokens) * cfg.topk, nullptr));
+  st->tk_rows.assign(C, std::vector<int32_t>(static_cast<size_t>(cfg.max_tokens) * cfg.topk, -1));
   st->kind_of.assign(st->R, kLlLeftRows);
   st->begin.assign(C, std::vector<int>(st->El, 0));
   st->fill.assign(C, std::vector<int>(st->El, 0));

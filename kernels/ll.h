@@ -72,19 +72,21 @@
 // (e, r) of y goes to its source s = the layout_range block containing r. Remote s: one Write per row to
 // s.recv[b'][t][k] (t = src_info, k from the table above; y staged in send[b'] first unless zero-copy),
 // then one FetchAdd(done[b'][me], 1) on the same QP after its rows. Node-local s, one-phase default-mode
-// call (y outlives it): this rank waits for s's weights-ready, folds all of its rows of each of s's
-// tokens t into one FP32 partial P(t) (top-k order, kernels/bf16_math.h WeightedPartialF32) in its
-// recv[b'] partial area [s][t], and marks kind[b'][s] = partials. Node-local s otherwise (two-phase or
-// zero-copy, or s = me): nothing moves: the rows stay in send[b'] (zero-copy: the caller wrote them there
-// via NextCombineBuffer(); else one staging copy, except s = me in a one-phase call: y outlives the
-// reduction, which reads those rows from y), table[b'][e][s] = begin(e, s) is published and kind[b'][s] =
+// call (y outlives it): this rank waits for s's weights-ready, folds its rows of each of s's tokens t
+// into one FP32 partial P(t) (top-k order, kernels/bf16_math.h WeightedPartialF32) in its recv[b']
+// partial area [s][t] -- a token with a single row here gets that row staged instead, as below (P would
+// be that one term, in twice the bytes) -- and marks kind[b'][s] = partials. Node-local s otherwise
+// (two-phase or zero-copy, or s = me): nothing moves: the rows stay in send[b'] (zero-copy: the caller wrote
+// them there via NextCombineBuffer(); else one staging copy, except s = me in a one-phase call: y outlives
+// the reduction, which reads those rows from y), table[b'][e][s] = begin(e, s) is published and kind[b'][s] =
 // rows. Then a release add of done tells s. Each rank picks its way per call; the kind says which.
 // No cycle: the wait for s's weights-ready depends only on s starting the same call's send phase, which
 // waits for nothing of this call (only for releases of earlier calls).
 // Receive on the source: wait done[d] of every rank d (each adds 1 per combine, 0 rows included), then
 // out[t] = LlReferenceCombine's grouped sum: per expert rank d in rank order, its terms w[t][k] * row(t, k)
 // in top-k order summed from +0 in FP32 (product rounded first: no FMA) -- or d's partial P(t), which is
-// bitwise that group's sum -- and the groups added from +0 in FP32, rounded once. row(t, k) is
+// bitwise that group's sum (groups of two or more terms) -- and the groups added from +0 in FP32, rounded
+// once. row(t, k) is
 // recv[b'][t][k] (remote d) or, pulled from node-local d, d.send[b'][e][d.table[b'][e][me] + slot(t, k)]
 // with slot(t, k) the rank of t among this rank's tokens for e (recorded at dispatch). `out=` writes into
 // the caller's buffer. Why partials: a source then reads one FP32 row per (token, node-local rank)

@@ -15,13 +15,16 @@
 namespace epx {
 namespace {
 
-// Pre-reduction for node-local source s (channel c): waits for s's weights of this call, then writes
-// partial(t) = WeightedPartialF32 of this rank's rows of s's token t, in top-k order, for every token of s
-// with a row here. Returns kFailedPrecondition "masked" (unlogged) when s was masked meanwhile.
+// Pre-reduction for node-local source s (channel c): waits for s's weights of this call, then, for every
+// token t of s with rows here: two or more rows -> partial(t) = WeightedPartialF32 of them in top-k order;
+// one row -> that row staged as in rows mode (a one-term partial is that term, and the BF16 row is half
+// the bytes). Publishes the table for s. Returns kFailedPrecondition "masked" (unlogged) when s was
+// masked meanwhile.
 Status PreReduce(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, int c, int s,
                  uint64_t target) {
   const int El = st.El, R = st.R, T = st.cfg.max_tokens, K = st.cfg.topk;
-  const size_t rows = static_cast<size_t>(st.cfg.rows_per_expert()), H = static_cast<size_t>(h.hidden);
+  const int rows = static_cast<int>(st.cfg.rows_per_expert());
+  const size_t H = static_cast<size_t>(h.hidden);
   // s publishes its weights at the start of its send phase, which waits for nothing of this call: no
   // cycle (kernels/ll.h "Combine").
   for (;;) {
@@ -37,28 +40,32 @@ Status PreReduce(LlState& st, const LlHandle& h, const LlCombineInput& in, int b
     // Another rank died and is masked now: wait for s again.
   }
   const auto* w_all = reinterpret_cast<const float*>(st.ctx.node().Address(s, st.Weights(b)));
-  const bf16** tk = st.tk_rows[c].data();
-  std::fill(tk, tk + static_cast<size_t>(T) * K, nullptr);
+  int32_t* tk = st.tk_rows[c].data();  // y row (e * rows + row) of (t, k), -1: none
+  std::fill(tk, tk + static_cast<size_t>(T) * K, -1);
   for (int e = 0; e < El; ++e) {
     const int64_t range = h.layout_range[static_cast<size_t>(e) * R + s];
     const int begin = LlRangeBegin(range), end = begin + LlRangeCount(range);
+    std::memcpy(st.heap() + st.Table(b, e, s), &begin, sizeof(begin));
     for (int row = begin; row < end; ++row) {
-      const size_t r = static_cast<size_t>(e) * rows + row;
+      const int32_t r = e * rows + row;
       // src_info / src_slot were checked when the dispatch placed the row (LlDecodeHeader).
-      tk[static_cast<size_t>(h.src_info[r]) * K + h.src_slot[r]] = in.y.data() + r * H;
+      tk[static_cast<size_t>(h.src_info[r]) * K + h.src_slot[r]] = r;
     }
   }
   const bf16* terms[kLlMaxTopk];
   float w[kLlMaxTopk];
   for (int t = 0; t < T; ++t) {
-    int n = 0;
+    int n = 0, last = -1;
     for (int k = 0; k < K; ++k) {
       const size_t tk_i = static_cast<size_t>(t) * K + k;
-      if (!tk[tk_i]) continue;
-      terms[n] = tk[tk_i];
+      if (tk[tk_i] < 0) continue;
+      last = tk[tk_i];
+      terms[n] = in.y.data() + static_cast<size_t>(last) * H;
       w[n++] = w_all[tk_i];
     }
-    if (n > 0)
+    if (n == 1)
+      std::memcpy(st.heap() + st.CombineStage(b, last / rows, last % rows), terms[0], 2 * H);
+    else if (n > 1)
       WeightedPartialF32(reinterpret_cast<float*>(st.heap() + st.Partial(b, s, t)), terms, w, n,
                          static_cast<int>(H));
   }
@@ -183,7 +190,9 @@ Status LlCombineRecv(LlState& st, int b) {
       int n = 0, ng = 0;
       for (int i = 0; i < m;) {
         const int d = owner[i];
-        if (st.kind_of[d] == kLlLeftPartials) {  // one FP32 row for all of d's experts of t
+        int size = 0;
+        while (i + size < m && owner[i + size] == d) ++size;
+        if (st.kind_of[d] == kLlLeftPartials && size > 1) {  // one FP32 row for all of d's experts of t
           groups[ng++] = SumGroup{
               0, 0, reinterpret_cast<const float*>(st.ctx.node().Address(d, st.Partial(b, st.rank, t)))};
           while (i < m && owner[i] == d) ++i;

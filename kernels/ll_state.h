@@ -56,16 +56,16 @@ struct LlState {
   std::unique_ptr<RdmaDomain> rdma;  // several logical nodes only
   std::unique_ptr<WorkerPool> pool;  // C > 1 only; with one channel the caller's thread runs it
   uint64_t next_call = 0;
-  std::vector<LlPending> pending;                 // [D]
-  std::vector<uint64_t> combine_uses;             // [D] combine calls made on each buffer
-  std::vector<uint64_t> prev_cnt;                 // [D, El, R] last consumed value of each dispatch counter
-  std::vector<std::vector<int>> ord;              // [C][E] per-channel slot counters of the call being sent
-  std::vector<std::vector<uint64_t>> wait_ns;     // [C][R] per-channel wait time per source
-  std::vector<std::vector<float>> acc;            // [C][2 * hidden] combine reduction scratch
-  std::vector<std::vector<const bf16*>> tk_rows;  // [C][T_max * K] combine pre-reduction: y row of (t, k)
-  std::vector<int32_t> kind_of;                   // [R] combine receive: what node-local rank d left (kLl*)
-  std::vector<std::vector<int>> begin, fill;  // [C][El] dispatch receive: first row / rows placed per expert
-  std::vector<uint64_t> recv_tokens;          // [El]
+  std::vector<LlPending> pending;              // [D]
+  std::vector<uint64_t> combine_uses;          // [D] combine calls made on each buffer
+  std::vector<uint64_t> prev_cnt;              // [D, El, R] last consumed value of each dispatch counter
+  std::vector<std::vector<int>> ord;           // [C][E] per-channel slot counters of the call being sent
+  std::vector<std::vector<uint64_t>> wait_ns;  // [C][R] per-channel wait time per source
+  std::vector<std::vector<float>> acc;         // [C][2 * hidden] combine reduction scratch
+  std::vector<std::vector<int32_t>> tk_rows;   // [C][T_max * K] combine pre-reduction: y row of (t, k)
+  std::vector<int32_t> kind_of;                // [R] combine receive: what node-local rank d left (kLl*)
+  std::vector<std::vector<int>> begin, fill;   // [C][El] dispatch receive: first row / rows placed per expert
+  std::vector<uint64_t> recv_tokens;           // [El]
   uint64_t dispatches = 0, combines = 0;
   bool broken = false;  // a call failed midway: peers may hold a part of it
   // Masking (kernels/ll.h "Masking"): masked[r] != 0 -> calls neither send to r nor wait for r.

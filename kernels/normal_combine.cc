@@ -44,6 +44,7 @@
 
 #include "kernels/bf16_math.h"
 #include "kernels/normal_state.h"
+#include "kernels/stream_copy.h"
 
 namespace epx {
 namespace {
@@ -280,7 +281,9 @@ Status CombineChannel::Reduce(bool* progressed) {
         for (int k = 0; k < K_; ++k) wacc_[k] += wpart_[k];
       }
     }
-    SumBf16Rows(&out.x[x0], rings_.acc.data(), terms_, nt, H_);
+    // out.x ([N, H], far larger than the cache, not read again by this call): streaming stores, fenced
+    // when the channel ends (Run).
+    SumBf16RowsStream(&out.x[x0], rings_.acc.data(), terms_, nt, H_);
     if (K_) std::memcpy(&out.topk_weights[static_cast<size_t>(t) * K_], wacc_, 4 * static_cast<size_t>(K_));
     *progressed = true;
     EPX_FAULT_POINT(kNormalCombineReduce);
@@ -375,8 +378,10 @@ Status CombineChannel::Run() {
     fwd_[a] = a == st_.node ? fp[a + 1] : fp[a];
     fwd_end_[a] = fp[a + 1];
   }
-  EPX_RETURN_IF_ERROR(RunProgressLoop(
-      st_, c_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); }));
+  Status loop = RunProgressLoop(
+      st_, c_, job_.abort, [&](bool* progressed) { return Pass(progressed); }, [&] { return Diagnose(); });
+  StreamFence();  // Reduce's output rows before this channel reports done (kernels/stream_copy.h)
+  EPX_RETURN_IF_ERROR(loop);
   for (int a = 0; a < NN_; ++a)  // the masks and the row counts of the handle must agree
     EPX_CHECK_OR_RETURN(self_taken_[a] == self_total_[a],
                         "rank {} channel {} read {} of its {} rows of node {}", st_.rank, c_, self_taken_[a],

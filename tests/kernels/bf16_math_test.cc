@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/stream_copy.h"
+
 namespace epx {
 namespace {
 
@@ -74,6 +76,21 @@ TEST(Bf16Math, SumAndWeightedSumMatchTheScalarDefinitionBitwise) {
       ASSERT_EQ(sum[n + 1].bits, 0x1234) << "n=" << n << " rows=" << num_rows;
       ASSERT_EQ(wsum[0].bits, 0x1234);
       ASSERT_EQ(wsum[n + 1].bits, 0x1234) << "n=" << n << " rows=" << num_rows;
+      // The streaming variant, at a 16-byte aligned output (streaming stores) and at sum's 2-byte offset.
+      std::vector<bf16> st(n + 10, bf16{0x1234});
+      const size_t lead = (16 - reinterpret_cast<uintptr_t>(st.data() + 1) % 16) % 16 / 2 + 1;
+      ASSERT_LE(lead + n, st.size() - 1);
+      SumBf16RowsStream(st.data() + lead, acc.data(), ptrs.data(), num_rows, n);
+      std::vector<bf16> st_odd(n + 2, bf16{0x1234});
+      SumBf16RowsStream(st_odd.data() + 1, acc.data(), ptrs.data(), num_rows, n);
+      StreamFence();
+      ASSERT_EQ(st[lead - 1].bits, 0x1234);
+      ASSERT_EQ(st[lead + n].bits, 0x1234) << "n=" << n << " rows=" << num_rows;
+      for (int j = 0; j < n; ++j) {
+        ASSERT_EQ(st[lead + j].bits, sum[j + 1].bits)
+            << "stream n=" << n << " rows=" << num_rows << " column " << j;
+        ASSERT_EQ(st_odd[j + 1].bits, sum[j + 1].bits) << "stream n=" << n << " column " << j;
+      }
       for (int j = 0; j < n; ++j) {
         ASSERT_EQ(sum[j + 1].bits, Reference(rows, nullptr, j).bits)
             << "sum n=" << n << " rows=" << num_rows << " column " << j;
