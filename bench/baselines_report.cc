@@ -29,6 +29,7 @@ void AddMpiJson(const MpiRun& m, double d_bytes, double c_bytes, nlohmann::json*
     const double mpi_both = m.dispatch.median_us + m.combine.median_us;
     o["mpi_over_floor"] = mpi_both / o["floor_us"].get<double>();
     o["mpi_over_floor_zero_copy"] = mpi_both / o["floor_zero_copy_us"].get<double>();
+    if (o.contains("floor_dram_us")) o["mpi_over_floor_dram"] = mpi_both / o["floor_dram_us"].get<double>();
   }
 }
 
@@ -37,18 +38,19 @@ void PrintBaselines(const nlohmann::json& j) {
   std::printf("\n%-22s %11s %11s %8s   %11s %11s %8s\n", "baseline", "disp_p50_us", "disp_p99_us", "GB/s",
               "comb_p50_us", "comb_p99_us", "GB/s");
   auto row = [&](const char* name, const std::string& p) {
-    std::printf("%-22s %11.1f %11.1f %8.2f   %11.1f %11.1f %8.2f\n", name, j[p + "dispatch_us_p50"].get<double>(),
-                j[p + "dispatch_us_p99"].get<double>(), j[p + "dispatch_GBps"].get<double>(),
-                j[p + "combine_us_p50"].get<double>(), j[p + "combine_us_p99"].get<double>(),
-                j[p + "combine_GBps"].get<double>());
+    std::printf("%-22s %11.1f %11.1f %8.2f   %11.1f %11.1f %8.2f\n", name,
+                j[p + "dispatch_us_p50"].get<double>(), j[p + "dispatch_us_p99"].get<double>(),
+                j[p + "dispatch_GBps"].get<double>(), j[p + "combine_us_p50"].get<double>(),
+                j[p + "combine_us_p99"].get<double>(), j[p + "combine_GBps"].get<double>());
   };
   row("epx", "");
   if (mpi) row("MPI Alltoallv", "mpi_");
   row("copy limit (memcpy)", "copy_");
   if (mpi)
-    std::printf("epx speed-up vs MPI: dispatch %.2fx, combine %.2fx, both %.2fx (MPI time / epx time, medians)\n",
-                j["dispatch_vs_mpi"].get<double>(), j["combine_vs_mpi"].get<double>(),
-                j["total_vs_mpi"].get<double>());
+    std::printf(
+        "epx speed-up vs MPI: dispatch %.2fx, combine %.2fx, both %.2fx (MPI time / epx time, medians)\n",
+        j["dispatch_vs_mpi"].get<double>(), j["combine_vs_mpi"].get<double>(),
+        j["total_vs_mpi"].get<double>());
   else
     std::printf("MPI baseline %s\n", j.value("mpi", std::string("not run")).c_str());
   std::printf("epx vs copy limit: dispatch %.0f%%, combine %.0f%% (copy time / epx time, medians)\n",
@@ -56,12 +58,25 @@ void PrintBaselines(const nlohmann::json& j) {
   if (j.contains("floor_us")) {
     std::printf("reduce limit (weighted sum of the combine rows, warm): p50 %.1f us, p99 %.1f us\n",
                 j["reduce_combine_us_p50"].get<double>(), j["reduce_combine_us_p99"].get<double>());
-    std::printf("floor: copy(dispatch) + copy(combine) + reduce = %.1f us (outputs in private memory); "
-                "copy(dispatch) + reduce = %.1f us (zero-copy)\n",
-                j["floor_us"].get<double>(), j["floor_zero_copy_us"].get<double>());
+    std::printf(
+        "floor: copy(dispatch) + copy(combine) + reduce = %.1f us (outputs in private memory); "
+        "copy(dispatch) + reduce = %.1f us (zero-copy)\n",
+        j["floor_us"].get<double>(), j["floor_zero_copy_us"].get<double>());
     if (mpi)
-      std::printf("most any exchange could beat MPI by (MPI dispatch + combine) / floor: %.2fx, zero-copy %.2fx\n",
-                  j["mpi_over_floor"].get<double>(), j["mpi_over_floor_zero_copy"].get<double>());
+      std::printf(
+          "most any exchange could beat MPI by (MPI dispatch + combine) / floor: %.2fx, zero-copy %.2fx\n",
+          j["mpi_over_floor"].get<double>(), j["mpi_over_floor_zero_copy"].get<double>());
+  }
+  if (j.contains("floor_dram_us")) {
+    std::printf(
+        "DRAM floor (caches cold): stream copy(dispatch) p50 %.1f us + cold reduce p50 %.1f us = %.1f us",
+        j["stream_dispatch_us_p50"].get<double>(), j["reduce_cold_combine_us_p50"].get<double>(),
+        j["floor_dram_us"].get<double>());
+    if (j.contains("mpi_over_floor_dram"))
+      std::printf("; MPI / DRAM floor %.2fx, epx / DRAM floor %.2fx", j["mpi_over_floor_dram"].get<double>(),
+                  (j["dispatch_us_p50"].get<double>() + j["combine_us_p50"].get<double>()) /
+                      j["floor_dram_us"].get<double>());
+    std::printf("\n");
   }
 }
 

@@ -6,13 +6,15 @@
 
 #include "bench/commands.h"
 #include "kernels/bf16_math.h"
+#include "kernels/stream_copy.h"
 
 namespace epx::bench {
 
 namespace {
 
 // The slowest rank per timed iteration, and the mean bytes over ranks per median step.
-StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, double bytes, const char* phase) {
+StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, double bytes,
+                                 const char* phase) {
   EPX_ASSIGN_OR_RETURN(auto step, StepTimes(ctx.bootstrap(), t, phase));
   struct Mine {
     double bytes;
@@ -27,8 +29,8 @@ StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, dou
 
 }  // namespace
 
-StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters, int warmup,
-                                           const char* phase) {
+StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters,
+                                           int warmup, const char* phase, bool stream) {
   row_bytes = std::max<size_t>(row_bytes, 1);
   // First-touch by this (pinned) rank puts the pages on its NUMA node, like the symmetric heap.
   std::vector<uint8_t> src(bytes, 1), dst(bytes, 0);
@@ -36,8 +38,14 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
   for (int it = 0; it < warmup + iters; ++it) {
     EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
     const double t0 = NowUs();
-    for (size_t off = 0; off < bytes; off += row_bytes)
-      std::memcpy(dst.data() + off, src.data() + off, std::min(row_bytes, bytes - off));
+    if (stream) {
+      for (size_t off = 0; off < bytes; off += row_bytes)
+        StreamCopy(dst.data() + off, src.data() + off, std::min(row_bytes, bytes - off));
+      StreamFence();
+    } else {
+      for (size_t off = 0; off < bytes; off += row_bytes)
+        std::memcpy(dst.data() + off, src.data() + off, std::min(row_bytes, bytes - off));
+    }
     const double t1 = NowUs();
     if (it >= warmup) t.push_back(t1 - t0);
   }
@@ -47,16 +55,21 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
   return Finish(ctx, t, static_cast<double>(bytes), phase);
 }
 
-StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters, int warmup,
-                                             const char* phase) {
-  const size_t H = static_cast<size_t>(hidden), N = static_cast<size_t>(tokens), K = static_cast<size_t>(topk);
+StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters,
+                                             int warmup, const char* phase, bool cold) {
+  const size_t H = static_cast<size_t>(hidden), N = static_cast<size_t>(tokens),
+               K = static_cast<size_t>(topk);
   // Values do not change the kernel's speed (no data-dependent branches); weights as a router's softmax.
   std::vector<bf16> rows_mem(N * K * H, FloatToBf16(0.5f)), out(N * H);
   std::vector<const bf16*> rows(N * K);
   for (size_t i = 0; i < N * K; ++i) rows[i] = rows_mem.data() + i * H;
   std::vector<float> w(K, 1.0f / static_cast<float>(std::max<size_t>(K, 1))), acc(H);
+  std::vector<uint8_t> evict(cold ? kColdEvictBytes : 0, 1);
+  uint64_t evict_sum = 0;
   std::vector<double> t;
   for (int it = 0; it < warmup + iters; ++it) {
+    // One read per line of a buffer three times the L3: the rows (and everything else) leave the caches.
+    for (size_t i = 0; i < evict.size(); i += 64) evict_sum += evict[i];
     EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
     const double t0 = NowUs();
     for (size_t n = 0; n < N; ++n)
@@ -64,7 +77,7 @@ StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk,
     const double t1 = NowUs();
     if (it >= warmup) t.push_back(t1 - t0);
   }
-  volatile uint16_t sink = N ? out[N * H / 2].bits : 0;  // keeps the sums observable
+  volatile uint64_t sink = (N ? out[N * H / 2].bits : 0) + evict_sum;  // keeps the sums and reads observable
   (void)sink;
   return Finish(ctx, t, static_cast<double>(N * K * H * 2), phase);
 }

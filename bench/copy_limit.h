@@ -14,15 +14,17 @@
 namespace epx::bench {
 
 struct CopyLimitResult {
-  Stats step;            // slowest rank per iteration
-  double gbps = 0;       // bytes (mean over ranks) / median step
+  Stats step;       // slowest rank per iteration
+  double gbps = 0;  // bytes (mean over ranks) / median step
   double bytes_per_rank = 0;
 };
 
 // Times `iters` (+ `warmup`) copies of `bytes` (this rank's) in rows of `row_bytes` between two private
-// NUMA-local buffers, each iteration after a bootstrap barrier. Collective.
-StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters, int warmup,
-                                           const char* phase);
+// NUMA-local buffers, each iteration after a bootstrap barrier. Collective. `stream`: with StreamCopy
+// (kernels/stream_copy.h: non-temporal stores, as the low-latency dispatch writes its output), so every
+// destination byte goes to DRAM: the write half of the DRAM floor (below).
+StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters,
+                                           int warmup, const char* phase, bool stream = false);
 
 // The reduce limit of the low-latency combine: every rank sums, as its combine's last step must, `tokens`
 // output rows of `hidden` BF16 from `topk` weighted rows each with the library's WeightedSumBf16Rows
@@ -30,7 +32,13 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
 // NUMA-local buffer reused every iteration (as warm as the copy limit's), all ranks at once after a barrier.
 // No combine that returns these sums can take less than its reduce, so copy limit + reduce limit bounds a
 // combine whose inputs must move once (tools/compare, bench/results/README.md). `bytes_per_rank` = rows read.
-StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters, int warmup,
-                                             const char* phase);
+// `cold`: before every iteration (untimed) each rank reads through an eviction buffer of kColdEvictBytes,
+// so the rows come from DRAM, as the expert outputs of a low-latency combine do on this machine (y is
+// written once; a call's other traffic evicts it before the next combine). With the streamed dispatch
+// copy this is the DRAM floor: no exchange that writes its dispatch output to memory and reads cold
+// expert outputs can take less, however it overlaps the rest.
+StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters,
+                                             int warmup, const char* phase, bool cold = false);
+inline constexpr size_t kColdEvictBytes = size_t{96} << 20;  // 3x the 32 MiB L3 of one CCD here
 
 }  // namespace epx::bench

@@ -52,9 +52,16 @@ StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o
                                                           o.warmup, (tag + "-copy-c").c_str()));
   sum.has_reduce = mine.reduce_tokens > 0;
   if (sum.has_reduce) {
-    EPX_ASSIGN_OR_RETURN(sum.reduce_combine, MeasureReduceLimit(ctx, mine.reduce_tokens, mine.reduce_topk,
-                                                                mine.reduce_hidden, o.iters, o.warmup,
-                                                                (tag + "-reduce").c_str()));
+    EPX_ASSIGN_OR_RETURN(sum.reduce_combine,
+                         MeasureReduceLimit(ctx, mine.reduce_tokens, mine.reduce_topk, mine.reduce_hidden,
+                                            o.iters, o.warmup, (tag + "-reduce").c_str()));
+    EPX_ASSIGN_OR_RETURN(sum.stream_dispatch,
+                         MeasureCopyLimit(ctx, mine.dispatch_bytes, mine.dispatch_row, o.iters, o.warmup,
+                                          (tag + "-stream-d").c_str(), /*stream=*/true));
+    EPX_ASSIGN_OR_RETURN(
+        sum.cold_reduce_combine,
+        MeasureReduceLimit(ctx, mine.reduce_tokens, mine.reduce_topk, mine.reduce_hidden, o.iters, o.warmup,
+                           (tag + "-reduce-cold").c_str(), /*cold=*/true));
   }
   return sum;
 }
@@ -111,6 +118,16 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
     j["reduce_combine_GBps"] = s.reduce_combine.gbps;
     j["floor_us"] = cd + cc + rd;
     j["floor_zero_copy_us"] = cd + rd;
+    // The DRAM floor: the dispatch output streamed to memory, the expert outputs reduced from DRAM (the
+    // caches cannot hold them here: bench/results/README.md). Lower than any combine that moves rows.
+    const double sd = s.stream_dispatch.step.median_us, rc = s.cold_reduce_combine.step.median_us;
+    j["stream_dispatch_us_p50"] = sd;
+    j["stream_dispatch_us_p99"] = s.stream_dispatch.step.p99_us;
+    j["stream_dispatch_GBps"] = s.stream_dispatch.gbps;
+    j["reduce_cold_combine_us_p50"] = rc;
+    j["reduce_cold_combine_us_p99"] = s.cold_reduce_combine.step.p99_us;
+    j["reduce_cold_combine_GBps"] = s.cold_reduce_combine.gbps;
+    j["floor_dram_us"] = sd + rc;
   }
   AddMpiJson(mpi, bytes.dispatch, bytes.combine, &j);
   return j;

@@ -98,11 +98,14 @@ struct ExchangeSummary {
   CopyLimitResult copy_dispatch, copy_combine;
   bool has_reduce = false;  // ExchangeCounts::reduce_tokens > 0 on this rank (the same on all in the bench)
   CopyLimitResult reduce_combine;
+  // With has_reduce: the DRAM floor's parts (bench/copy_limit.h): the dispatch copy with streaming stores,
+  // and the reduce from cold caches.
+  CopyLimitResult stream_dispatch, cold_reduce_combine;
 };
 
 // Collective: gathers the counts ("<tag>-counts") and the step times ("<tag>-times-d", "-c"), then measures
-// the copy limit ("<tag>-copy-d", "-c") and, when asked, the reduce limit ("<tag>-reduce") over --iters
-// (+ --warmup) iterations.
+// the copy limit ("<tag>-copy-d", "-c") and, when asked, the reduce limit ("<tag>-reduce") and the DRAM
+// floor ("<tag>-stream-d", "<tag>-reduce-cold") over --iters (+ --warmup) iterations.
 StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
                                             const ExchangeSamples& s, const ExchangeCounts& mine);
 
