@@ -31,6 +31,10 @@ struct Fp8Options {
 // One row: out[hidden] E4M3 codes; scales: Fp8NumBlocks floats, or Ue8m0Words int32 words if ue8m0.
 void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales);
 
+// The E4M3 codes of n floats (saturating, round to nearest even, NaN -> 0x7f): the same bits as
+// FloatToE4m3, with the vector kernel CastRowToFp8 uses on this CPU (AVX-512 when usable).
+void FloatsToE4m3(const float* in, size_t n, uint8_t* out);
+
 // Inverse, for tests and for experts that consume FP8: x = q * scale_inv.
 void CastRowFromFp8(const uint8_t* in, const void* scales, int hidden, bool ue8m0, float* out);
 
