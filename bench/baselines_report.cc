@@ -30,6 +30,8 @@ void AddMpiJson(const MpiRun& m, double d_bytes, double c_bytes, nlohmann::json*
     o["mpi_over_floor"] = mpi_both / o["floor_us"].get<double>();
     o["mpi_over_floor_zero_copy"] = mpi_both / o["floor_zero_copy_us"].get<double>();
     if (o.contains("floor_dram_us")) o["mpi_over_floor_dram"] = mpi_both / o["floor_dram_us"].get<double>();
+    if (o.contains("floor_serial_us"))
+      o["mpi_over_floor_serial"] = mpi_both / o["floor_serial_us"].get<double>();
   }
 }
 
@@ -76,6 +78,16 @@ void PrintBaselines(const nlohmann::json& j) {
       std::printf("; MPI / DRAM floor %.2fx, epx / DRAM floor %.2fx", j["mpi_over_floor_dram"].get<double>(),
                   (j["dispatch_us_p50"].get<double>() + j["combine_us_p50"].get<double>()) /
                       j["floor_dram_us"].get<double>());
+    std::printf("\n");
+  }
+  if (j.contains("floor_serial_us")) {
+    std::printf("serial floor: FP8 cast of the dispatch rows p50 %.1f us + DRAM floor = %.1f us",
+                j["cast_dispatch_us_p50"].get<double>(), j["floor_serial_us"].get<double>());
+    if (j.contains("mpi_over_floor_serial"))
+      std::printf("; MPI / serial floor %.2fx, epx / serial floor %.2fx",
+                  j["mpi_over_floor_serial"].get<double>(),
+                  (j["dispatch_us_p50"].get<double>() + j["combine_us_p50"].get<double>()) /
+                      j["floor_serial_us"].get<double>());
     std::printf("\n");
   }
 }

@@ -82,4 +82,27 @@ StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk,
   return Finish(ctx, t, static_cast<double>(N * K * H * 2), phase);
 }
 
+StatusOr<CopyLimitResult> MeasureCastLimit(Context& ctx, std::span<const bf16> x, int hidden,
+                                           const Fp8Options& opt, int iters, int warmup, const char* phase) {
+  const size_t H = static_cast<size_t>(std::max(hidden, 1)), rows = x.size() / H;
+  // Codes and scales of a row side by side, as the dispatch stages them (4 bytes of scale per block covers
+  // both scale formats).
+  const size_t scale_bytes = 4 * static_cast<size_t>(Fp8NumBlocks(static_cast<int>(H)));
+  const size_t stride = (H + scale_bytes + 63) / 64 * 64;
+  std::vector<uint8_t> out(rows * stride, 0);
+  std::vector<double> t;
+  for (int it = 0; it < warmup + iters; ++it) {
+    EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
+    const double t0 = NowUs();
+    for (size_t r = 0; r < rows; ++r)
+      CastRowToFp8(x.data() + r * H, static_cast<int>(H), opt, out.data() + r * stride,
+                   out.data() + r * stride + H);
+    const double t1 = NowUs();
+    if (it >= warmup) t.push_back(t1 - t0);
+  }
+  volatile uint8_t sink = rows ? out[rows * stride / 2] : 0;  // keeps the casts observable
+  (void)sink;
+  return Finish(ctx, t, static_cast<double>(rows * H * 2), phase);
+}
+
 }  // namespace epx::bench

@@ -5,10 +5,13 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "bench/bench_stats.h"
 #include "core/status.h"
+#include "kernels/dtypes.h"
+#include "kernels/fp8.h"
 #include "transport/context.h"
 
 namespace epx::bench {
@@ -39,6 +42,15 @@ StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t ro
 // expert outputs can take less, however it overlaps the rest.
 StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk, int hidden, int iters,
                                              int warmup, const char* phase, bool cold = false);
+// The FP8 cast of the low-latency dispatch alone: every rank casts its rows x [tokens, hidden] with
+// CastRowToFp8 (the dispatch's own kernel) into a private buffer of codes + scales, all ranks at once after a
+// barrier, x as warm as the bench leaves it. A dispatch must cast every row before its bytes exist, so
+// cast + the DRAM floor is the floor of a dispatch that casts and then places (the "serial floor"). It is
+// not a bound for a design that overlaps the two; on this machine the overlap was tried and lost (a fused
+// dispatch that places rows between casts: the cast took ~2x longer next to the streaming stores,
+// bench/results/README.md). `bytes_per_rank` = BF16 bytes read.
+StatusOr<CopyLimitResult> MeasureCastLimit(Context& ctx, std::span<const bf16> x, int hidden,
+                                           const Fp8Options& opt, int iters, int warmup, const char* phase);
 inline constexpr size_t kColdEvictBytes = size_t{96} << 20;  // 3x the 32 MiB L3 of one CCD here
 
 }  // namespace epx::bench

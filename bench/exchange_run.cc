@@ -62,6 +62,12 @@ StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o
         sum.cold_reduce_combine,
         MeasureReduceLimit(ctx, mine.reduce_tokens, mine.reduce_topk, mine.reduce_hidden, o.iters, o.warmup,
                            (tag + "-reduce-cold").c_str(), /*cold=*/true));
+    sum.has_cast = mine.cast_hidden > 0;
+    if (sum.has_cast) {
+      EPX_ASSIGN_OR_RETURN(sum.cast_dispatch,
+                           MeasureCastLimit(ctx, mine.cast_x, mine.cast_hidden, mine.cast_fp8, o.iters,
+                                            o.warmup, (tag + "-cast").c_str()));
+    }
   }
   return sum;
 }
@@ -128,6 +134,13 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
     j["reduce_cold_combine_us_p99"] = s.cold_reduce_combine.step.p99_us;
     j["reduce_cold_combine_GBps"] = s.cold_reduce_combine.gbps;
     j["floor_dram_us"] = sd + rc;
+    if (s.has_cast) {
+      // The serial floor: cast, then the DRAM floor (bench/copy_limit.h MeasureCastLimit).
+      const double ca = s.cast_dispatch.step.median_us;
+      j["cast_dispatch_us_p50"] = ca;
+      j["cast_dispatch_us_p99"] = s.cast_dispatch.step.p99_us;
+      j["floor_serial_us"] = ca + sd + rc;
+    }
   }
   AddMpiJson(mpi, bytes.dispatch, bytes.combine, &j);
   return j;

@@ -86,6 +86,11 @@ struct ExchangeCounts {
   // The reduce limit's job (MeasureReduceLimit), low-latency only (0 tokens: not measured): this rank's
   // tokens, each summed from `reduce_topk` weighted rows of `reduce_hidden`.
   int reduce_tokens = 0, reduce_topk = 0, reduce_hidden = 0;
+  // The cast limit's job (MeasureCastLimit), low-latency FP8 only (cast_hidden 0: not measured; the same
+  // on every rank): this rank's rows x, cast with `cast_fp8`.
+  std::span<const bf16> cast_x{};
+  int cast_hidden = 0;
+  Fp8Options cast_fp8{};
 };
 
 // The figures of a table, the same on every rank.
@@ -101,11 +106,15 @@ struct ExchangeSummary {
   // With has_reduce: the DRAM floor's parts (bench/copy_limit.h): the dispatch copy with streaming stores,
   // and the reduce from cold caches.
   CopyLimitResult stream_dispatch, cold_reduce_combine;
+  // With has_reduce and ExchangeCounts::cast_hidden > 0: the FP8 cast of the dispatch rows alone.
+  bool has_cast = false;
+  CopyLimitResult cast_dispatch;
 };
 
 // Collective: gathers the counts ("<tag>-counts") and the step times ("<tag>-times-d", "-c"), then measures
 // the copy limit ("<tag>-copy-d", "-c") and, when asked, the reduce limit ("<tag>-reduce") and the DRAM
-// floor ("<tag>-stream-d", "<tag>-reduce-cold") over --iters (+ --warmup) iterations.
+// floor ("<tag>-stream-d", "<tag>-reduce-cold") and the cast limit ("<tag>-cast") over --iters (+ --warmup)
+// iterations.
 StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
                                             const ExchangeSamples& s, const ExchangeCounts& mine);
 

@@ -347,7 +347,10 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
                                           .combine_row = static_cast<size_t>(c_pair),
                                           .reduce_tokens = o.tokens,
                                           .reduce_topk = K,
-                                          .reduce_hidden = H}));
+                                          .reduce_hidden = H,
+                                          .cast_x = x,
+                                          .cast_hidden = o.fp8 ? H : 0,
+                                          .cast_fp8 = f8}));
   const double avg_pairs = sum.mean[0], avg_rdma_pairs = sum.mean[1];
   // The MPI baseline, same processes, same inputs (bench/mpi_compare.h).
   EPX_ASSIGN_OR_RETURN(const MpiRun mpi, RunMpiBaseline(o, [&] {
