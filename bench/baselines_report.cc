@@ -7,6 +7,23 @@
 
 namespace epx::bench {
 
+void MergeMpiRuns(MpiRun* run, const MpiRun& more) {
+  if (!more.ran) {  // --mpi off or not available: every block says so
+    if (!run->ran) *run = more;
+    return;
+  }
+  if (!run->ran) {
+    *run = more;
+    return;
+  }
+  run->dispatch_steps.insert(run->dispatch_steps.end(), more.dispatch_steps.begin(),
+                             more.dispatch_steps.end());
+  run->combine_steps.insert(run->combine_steps.end(), more.combine_steps.begin(), more.combine_steps.end());
+  run->mismatches += more.mismatches;
+  run->dispatch = Summarize(run->dispatch_steps);
+  run->combine = Summarize(run->combine_steps);
+}
+
 void AddMpiJson(const MpiRun& m, double d_bytes, double c_bytes, nlohmann::json* j) {
   nlohmann::json& o = *j;
   if (!m.ran) {

@@ -42,9 +42,10 @@ struct ExchangeFlags {
   uint64_t seed = 1;
   std::string json;
   std::string mpi = "auto";
+  int rounds = 1;  // epx and the MPI baseline take turns in this many blocks (exchange_run.h RoundFlags)
 };
-// Registers --tokens, --hidden, --topk, --experts, --zero-copy, --iters, --warmup, --check, --seed, --json
-// and --mpi; the two docs say what tokens and zero-copy mean for the command.
+// Registers --tokens, --hidden, --topk, --experts, --zero-copy, --iters, --warmup, --check, --seed, --json,
+// --mpi and --rounds; the two docs say what tokens and zero-copy mean for the command.
 void AddExchangeFlags(CLI::App& app, ExchangeFlags& f, const char* tokens_doc, const char* zero_copy_doc);
 
 // Ends a table command on every rank: a failure before anything ran is printed and gives 2 (bad arguments)

@@ -24,6 +24,11 @@ void AddExchangeFlags(CLI::App& app, ExchangeFlags& f, const char* tokens_doc, c
   app.add_option("--mpi", f.mpi,
                  "MPI baseline on the same inputs: auto = when launched by mpirun (tools/compare), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
+  app.add_option("--rounds", f.rounds,
+                 "epx and the MPI baseline take turns in this many blocks of about iters/rounds timed "
+                 "iterations (later blocks after min(warmup, 3) warm-ups), their samples pooled: a drift of "
+                 "the host's speed during the run hits both sides alike")
+      ->check(CLI::PositiveNumber);
 }
 
 int ReportExchange(Context& ctx, const char* command, const Status& st, const nlohmann::json& j,

@@ -19,6 +19,34 @@ StatusOr<ProblemSpec> ExchangeSpec(const ExchangeFlags& o, const Placement& pl, 
                      .seed = o.seed};
 }
 
+ExchangeFlags RoundFlags(const ExchangeFlags& o, int r) {
+  ExchangeFlags f = o;
+  f.iters = o.iters / o.rounds + (r < o.iters % o.rounds ? 1 : 0);
+  f.warmup = r == 0 ? o.warmup : std::min(o.warmup, 3);
+  return f;
+}
+
+void AppendSamples(ExchangeSamples* s, const ExchangeSamples& more) {
+  auto append = [](std::vector<double>& a, const std::vector<double>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+  };
+  append(s->dispatch_us, more.dispatch_us);
+  append(s->combine_us, more.combine_us);
+  append(s->cpu_dispatch_us, more.cpu_dispatch_us);
+  append(s->cpu_combine_us, more.cpu_combine_us);
+  s->bad += more.bad;
+}
+
+Status CheckRounds(const ExchangeFlags& o) {
+  if (o.rounds < 1 || o.rounds > o.iters)
+    return EPX_ERROR(kInvalidArgument, "--rounds {} must be in 1..--iters ({})", o.rounds, o.iters);
+  return Status::Ok();
+}
+
+std::string RoundsNote(const ExchangeFlags& o) {
+  return o.rounds > 1 ? fmt::format(", in {} rounds with the MPI baseline", o.rounds) : "";
+}
+
 StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
                                             const ExchangeSamples& s, const ExchangeCounts& mine) {
   // One gather for every per-rank figure; the CPU times travel as this rank's medians.
@@ -88,6 +116,7 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
                                 : s.bad == 0 ? "PASS"
                                              : "FAIL"},
                       {"iters", o.iters},
+                      {"rounds", o.rounds},
                       {"warmup", o.warmup},
                       {"seed", o.seed},
                       {"recv_tokens_per_rank", s.recv_rows}};

@@ -77,6 +77,16 @@ StatusOr<ExchangeSamples> RunExchangeLoop(Context& ctx, const ExchangeFlags& o, 
   return s;
 }
 
+// Block r of --rounds: o with iters split as evenly as possible (the first blocks get the remainder) and
+// warmup kept in block 0, min(warmup, 3) later (the other side's block has evicted the caches meanwhile).
+ExchangeFlags RoundFlags(const ExchangeFlags& o, int r);
+// Appends `more`'s samples to *s (the blocks of --rounds).
+void AppendSamples(ExchangeSamples* s, const ExchangeSamples& more);
+// Checks --rounds against --iters (every block needs a timed iteration).
+Status CheckRounds(const ExchangeFlags& o);
+// ", in N rounds with the MPI baseline" for a table header, or "" with one round.
+std::string RoundsNote(const ExchangeFlags& o);
+
 // What a rank adds to the summary besides its samples.
 struct ExchangeCounts {
   int64_t recv_rows = 0;          // rows this rank received in the last dispatch
@@ -128,6 +138,30 @@ StatusOr<MpiRun> RunMpiBaseline(const ExchangeFlags& o, Run&& run) {
   EPX_ASSIGN_OR_RETURN(mpi, run());
   if (!mpi.ran && o.mpi == "on") return EPX_ERROR(kInvalidArgument, "--mpi on: {}", mpi.why_not);
   return mpi;
+}
+
+// The timed part of a table: --rounds blocks, each RunExchangeLoop (epx) and then the MPI baseline
+// (RunMpiBaseline of mpi_case(iters, warmup) -> StatusOr<MpiRun>) over the block's RoundFlags; the samples
+// of both pooled over the blocks.
+struct ExchangeRuns {
+  ExchangeSamples epx;
+  MpiRun mpi;
+};
+template <typename Dispatch, typename Combine, typename Check, typename MpiCase>
+StatusOr<ExchangeRuns> RunRounds(Context& ctx, const ExchangeFlags& o, const std::string& tag,
+                                 Dispatch&& dispatch, Combine&& combine, Check&& check, MpiCase&& mpi_case) {
+  EPX_RETURN_IF_ERROR(CheckRounds(o));
+  ExchangeRuns runs;
+  for (int r = 0; r < o.rounds; ++r) {
+    const ExchangeFlags ro = RoundFlags(o, r);
+    EPX_ASSIGN_OR_RETURN(const ExchangeSamples block,
+                         RunExchangeLoop(ctx, ro, tag, dispatch, combine, check));
+    AppendSamples(&runs.epx, block);
+    EPX_ASSIGN_OR_RETURN(const MpiRun mpi_block,
+                         RunMpiBaseline(ro, [&] { return mpi_case(ro.iters, ro.warmup); }));
+    MergeMpiRuns(&runs.mpi, mpi_block);
+  }
+  return runs;
 }
 
 // Bytes per rank (mean over ranks) that each op moves: the numerators of the GB/s columns.

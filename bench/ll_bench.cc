@@ -322,8 +322,27 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
     }
     return n;
   };
-  EPX_ASSIGN_OR_RETURN(const ExchangeSamples samples,
-                       RunExchangeLoop(ctx, o, "ll-bench", dispatch, combine, check));
+  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h), in turns with epx (--rounds).
+  auto mpi_case = [&](int iters, int warmup) {
+    MpiLlCase mc{.num_tokens = o.tokens,
+                 .hidden = H,
+                 .topk = K,
+                 .num_experts = o.experts,
+                 .max_tokens = o.tokens,
+                 .opt = LlDispatchOptions{o.fp8, f8},
+                 .x = x,
+                 .topk_idx = in.topk_idx,
+                 .topk_weights = cin.topk_weights,
+                 .y = y};
+    if (o.check) {
+      mc.expected_dispatch = &expected.dispatch;
+      mc.expected_combine = &expected.combine;
+    }
+    return MpiRunLl(ctx, mc, iters, warmup);
+  };
+  EPX_ASSIGN_OR_RETURN(const ExchangeRuns runs, RunRounds(ctx, o, "ll-bench", dispatch, combine, check, mpi_case));
+  const ExchangeSamples& samples = runs.epx;
+  const MpiRun& mpi = runs.mpi;
 
   // Per-rank byte counts: (token, expert) pairs sent, those to other nodes, and received rows.
   int64_t pairs = 0, rdma_pairs = 0;
@@ -352,24 +371,6 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
                                           .cast_hidden = o.fp8 ? H : 0,
                                           .cast_fp8 = f8}));
   const double avg_pairs = sum.mean[0], avg_rdma_pairs = sum.mean[1];
-  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h).
-  EPX_ASSIGN_OR_RETURN(const MpiRun mpi, RunMpiBaseline(o, [&] {
-                         MpiLlCase mc{.num_tokens = o.tokens,
-                                      .hidden = H,
-                                      .topk = K,
-                                      .num_experts = o.experts,
-                                      .max_tokens = o.tokens,
-                                      .opt = LlDispatchOptions{o.fp8, f8},
-                                      .x = x,
-                                      .topk_idx = in.topk_idx,
-                                      .topk_weights = cin.topk_weights,
-                                      .y = y};
-                         if (o.check) {
-                           mc.expected_dispatch = &expected.dispatch;
-                           mc.expected_combine = &expected.combine;
-                         }
-                         return MpiRunLl(ctx, mc, o.iters, o.warmup);
-                       }));
   const LlStats stats = buf->stats();
   nlohmann::json& j = *result;
   j = ExchangeJson("low-latency", o.fp8 ? "fp8" : "bf16", pl, o, sum,
@@ -437,12 +438,12 @@ int LowLatencyCommand::Run(Context& ctx) {
                                            : "FP8";
     return fmt::format(
         "epx-bench low-latency: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, dispatch {}, "
-        "combine BF16, depth {}, rdma {}, channels {},{} {} iters (+{} warm-up), check {}",
+        "combine BF16, depth {}, rdma {}, channels {},{} {} iters (+{} warm-up){}, check {}",
         pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts, fp8,
         j["config"]["depth"].get<int>(), pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-",
         j["config"]["channels"].get<int>(),
         o_.two_phase ? (o_.zero_copy ? " two-phase, zero-copy," : " two-phase,") : (o_.zero_copy ? " zero-copy," : ""),
-        o_.iters, o_.warmup, j["check"].get<std::string>());
+        o_.iters, o_.warmup, RoundsNote(o_), j["check"].get<std::string>());
   };
   auto phases = [&](const std::string& op) {
     if (!o_.two_phase) return;

@@ -72,6 +72,8 @@ StatusOr<MpiRun> Time(Context& ctx, int iters, int warmup, const char* tag, Disp
   r.ran = true;
   r.dispatch = Summarize(sd);
   r.combine = Summarize(sc);
+  r.dispatch_steps = std::move(sd);
+  r.combine_steps = std::move(sc);
   return r;
 }
 

@@ -21,10 +21,13 @@ namespace epx::bench {
 
 struct MpiRun {
   bool ran = false;
-  std::string why_not;  // when !ran
+  std::string why_not;      // when !ran
   Stats dispatch, combine;  // slowest rank per iteration
   size_t mismatches = 0;    // tensors that differ from the expected ones (--check), summed over ranks
+  std::vector<double> dispatch_steps, combine_steps;  // the samples of `dispatch` / `combine`
 };
+// Pools `more` (a later block of --rounds) into *run: steps appended, stats recomputed, mismatches added.
+void MergeMpiRuns(MpiRun* run, const MpiRun& more);
 
 // True when this process can run the MPI baseline (built in and started by mpirun). MPI is initialised
 // on first use and finalised by MpiFinalize() (call it once before exit; harmless when unused).

@@ -156,13 +156,25 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
   Expected expected;
   if (o.check) expected = BuildExpected(g, me);
 
+  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h), in turns with epx (--rounds). Its
+  // combine is checked only on one node: it always reduces in the one-node order.
+  auto mpi_case = [&](int iters, int warmup) {
+    MpiNormalCase mc{.in = &in, .y = y, .recv_weights = weights};
+    if (o.check) {
+      mc.expected_dispatch = &expected.dispatch;
+      if (pl.num_nodes == 1) mc.expected_combine = &expected.combine;
+    }
+    return MpiRunNormal(ctx, mc, iters, warmup);
+  };
   EPX_ASSIGN_OR_RETURN(
-      const ExchangeSamples samples,
-      RunExchangeLoop(
+      const ExchangeRuns runs,
+      RunRounds(
           ctx, o, "normal-bench",
           [&](bool, CallTime* t) { return TimeCall([&] { return buf->Dispatch(in, &out, &h); }, t); },
           [&](bool, CallTime* t) { return TimeCall([&] { return buf->Combine(h, cin, &back); }, t); },
-          [&](int) { return Mismatches(out, back, expected); }));
+          [&](int) { return Mismatches(out, back, expected); }, mpi_case));
+  const ExchangeSamples& samples = runs.epx;
+  const MpiRun& mpi = runs.mpi;
 
   // Per-rank byte counts: received rows, and (token, node) pairs for the RDMA columns.
   const size_t row_bytes = static_cast<size_t>(H) * DtypeBytes(spec.dtype) +
@@ -183,16 +195,6 @@ Status NormalCommand::Bench(Context& ctx, nlohmann::json* result) {
                                           .combine_bytes = static_cast<size_t>(M) * 2 * H,
                                           .combine_row = 2 * static_cast<size_t>(H)}));
   const double rows = sum.mean[0], pairs = sum.mean[1];
-  // The MPI baseline, same processes, same inputs (bench/mpi_compare.h). Its combine is checked only on
-  // one node: it always reduces in the one-node order.
-  EPX_ASSIGN_OR_RETURN(const MpiRun mpi, RunMpiBaseline(o, [&] {
-                         MpiNormalCase mc{.in = &in, .y = y, .recv_weights = weights};
-                         if (o.check) {
-                           mc.expected_dispatch = &expected.dispatch;
-                           if (pl.num_nodes == 1) mc.expected_combine = &expected.combine;
-                         }
-                         return MpiRunNormal(ctx, mc, o.iters, o.warmup);
-                       }));
   nlohmann::json& j = *result;
   j = ExchangeJson("normal", o.fp8 ? "fp8" : "bf16", pl, o, sum,
                    {.dispatch = rows * row_bytes,
@@ -222,11 +224,11 @@ int NormalCommand::Run(Context& ctx) {
       [&] {
         return fmt::format(
             "epx-bench normal: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, {}{}, rdma {}, "
-            "channels {}, {} iters (+{} warm-up), check {}",
+            "channels {}, {} iters (+{} warm-up){}, check {}",
             pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
             o_.fp8 ? "FP8" : "BF16", o_.zero_copy ? ", zero-copy inputs" : "",
             pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-", j["config"]["channels"].get<int>(),
-            o_.iters, o_.warmup, j["check"].get<std::string>());
+            o_.iters, o_.warmup, RoundsNote(o_), j["check"].get<std::string>());
       },
       [](const std::string&) {},
       [&] {
