@@ -158,6 +158,14 @@ EPX_AVX512_INLINE __m512i PackCodes(const __m512i c[4]) {
   return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
 }
 
+// PackCodes for codes in the unpacks' order (CastRowAvx512): after the packs, dword 4L + g of lane L holds
+// columns 8L..8L+3 (g = 0), 8L+4..8L+7 (1), 32+8L.. (2), 32+8L+4.. (3), which belong at dwords 2L, 2L+1,
+// 8+2L, 9+2L.
+EPX_AVX512_INLINE __m512i PackCodesUnpacked(const __m512i c[4]) {
+  const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c[0], c[1]), _mm512_packus_epi32(c[2], c[3]));
+  return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15), b);
+}
+
 EPX_AVX512_KERNEL void FloatsAvx512(const float* in, size_t n, uint8_t* out) {
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {  // as the row cast stores its codes
@@ -221,9 +229,18 @@ EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Option
       const __m512 vs = _mm512_set1_ps(scale[b - b0]);
       uint8_t* q = out + b * kFp8Block;
       for (int i = 0; i < kFp8Block; i += 64) {
+        // BF16 -> float by interleaving zero words below each value (one op per 16, not a widen + shift).
+        // The unpacks work within 128-bit lanes: per lane L, c[0] / c[1] hold columns 8L..8L+3 / 8L+4..8L+7
+        // of the first 32, c[2] / c[3] the same of the next 32; PackCodesUnpacked puts them back in order.
         __m512i c[4];
-        for (int j = 0; j < 4; ++j) c[j] = E4m3Codes(_mm512_mul_ps(avx512::LoadBf16(x + i + 16 * j), vs));
-        _mm512_storeu_si512(q + i, PackCodes(c));
+        for (int h = 0; h < 2; ++h) {
+          const __m512i v = _mm512_loadu_si512(x + i + 32 * h);
+          const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), v));
+          const __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), v));
+          c[2 * h] = E4m3Codes(_mm512_mul_ps(lo, vs));
+          c[2 * h + 1] = E4m3Codes(_mm512_mul_ps(hi, vs));
+        }
+        _mm512_storeu_si512(q + i, PackCodesUnpacked(c));
       }
     }
   }
