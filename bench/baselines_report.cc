@@ -8,11 +8,7 @@
 namespace epx::bench {
 
 void MergeMpiRuns(MpiRun* run, const MpiRun& more) {
-  if (!more.ran) {  // --mpi off or not available: every block says so
-    if (!run->ran) *run = more;
-    return;
-  }
-  if (!run->ran) {
+  if (!run->ran) {  // the first block (or --mpi off / not available, which every block says)
     *run = more;
     return;
   }
