@@ -103,6 +103,12 @@ void PrintBaselines(const nlohmann::json& j) {
                       j["floor_serial_us"].get<double>());
     std::printf("\n");
   }
+  if (j.contains("traffic_combine_us_p50"))
+    std::printf(
+        "combine traffic floor (the least bytes of an exact combine from private y: %.1f MB per rank; "
+        "CPU time, ranks sharing a core added): p50 %.1f us; epx combine / floor %.2fx\n",
+        j["traffic_combine_MB_per_rank"].get<double>(), j["traffic_combine_us_p50"].get<double>(),
+        j["combine_us_p50"].get<double>() / j["traffic_combine_us_p50"].get<double>());
 }
 
 }  // namespace epx::bench

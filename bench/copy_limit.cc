@@ -1,10 +1,15 @@
 #include "bench/copy_limit.h"
 
+#include <sched.h>
+#include <time.h>
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "bench/commands.h"
+#include "core/sys.h"
 #include "kernels/bf16_math.h"
 #include "kernels/stream_copy.h"
 
@@ -12,10 +17,10 @@ namespace epx::bench {
 
 namespace {
 
-// The slowest rank per timed iteration, and the mean bytes over ranks per median step.
-StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, double bytes,
-                                 const char* phase) {
-  EPX_ASSIGN_OR_RETURN(auto step, StepTimes(ctx.bootstrap(), t, phase));
+// Summarizes `step` (per timed iteration, the same on every rank), with the mean bytes over ranks per
+// median step.
+StatusOr<CopyLimitResult> FinishSteps(Context& ctx, const std::vector<double>& step, double bytes,
+                                      const char* phase) {
   struct Mine {
     double bytes;
   } mine{bytes};
@@ -25,6 +30,21 @@ StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, dou
   r.step = Summarize(step);
   r.gbps = Gbps(r.bytes_per_rank, r.step.median_us);
   return r;
+}
+
+// The slowest rank per timed iteration (`t`: this rank's times).
+StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, double bytes,
+                                 const char* phase) {
+  EPX_ASSIGN_OR_RETURN(auto step, StepTimes(ctx.bootstrap(), t, phase));
+  return FinishSteps(ctx, step, bytes, phase);
+}
+
+// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID: only while it runs, so a rank that waits for
+// its core counts nothing).
+double ThreadCpuUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
 }
 
 }  // namespace
@@ -103,6 +123,128 @@ StatusOr<CopyLimitResult> MeasureCastLimit(Context& ctx, std::span<const bf16> x
   volatile uint8_t sink = rows ? out[rows * stride / 2] : 0;  // keeps the casts observable
   (void)sink;
   return Finish(ctx, t, static_cast<double>(rows * H * 2), phase);
+}
+
+CombineTrafficJob CombineTrafficOf(const std::vector<std::vector<int64_t>>& topk_idx, int topk,
+                                   int experts_per_rank, int me, int hidden) {
+  CombineTrafficJob j;
+  j.hidden = hidden;
+  const int R = static_cast<int>(topk_idx.size());
+  std::vector<int> per(static_cast<size_t>(R));
+  for (int s = 0; s < R; ++s) {
+    const size_t K = static_cast<size_t>(topk), n = topk_idx[s].size() / K;
+    for (size_t t = 0; t < n; ++t) {
+      std::fill(per.begin(), per.end(), 0);
+      for (size_t k = 0; k < K; ++k)
+        if (const int64_t e = topk_idx[s][t * K + k]; e >= 0)
+          ++per[static_cast<size_t>(e / experts_per_rank)];
+      if (s != me) {
+        if (per[me] > 0) j.pre.push_back(static_cast<uint8_t>(per[me]));
+        continue;
+      }
+      j.own.push_back(static_cast<uint8_t>(per[me]));
+      for (int d = 0; d < R; ++d)
+        if (d != me && per[d] > 0) j.peer.push_back(static_cast<uint8_t>(per[d]));
+      j.peer_end.push_back(static_cast<int>(j.peer.size()));
+    }
+  }
+  return j;
+}
+
+StatusOr<CopyLimitResult> MeasureCombineTraffic(Context& ctx, const CombineTrafficJob& job, int iters,
+                                                int warmup, const char* phase) {
+  const size_t H = static_cast<size_t>(job.hidden), row = 2 * H;
+  size_t pre_rows = 0, n_f32 = 0, n_bf16 = 0, own_rows = 0, max_terms = 1;
+  for (uint8_t n : job.pre) {
+    pre_rows += n;
+    ++(n >= 2 ? n_f32 : n_bf16);
+    max_terms = std::max<size_t>(max_terms, n);
+  }
+  double bytes = static_cast<double>(pre_rows * row + n_f32 * 2 * row + n_bf16 * row);  // expert side
+  for (size_t t = 0, p = 0; t < job.own.size(); ++t) {
+    own_rows += job.own[t];
+    size_t terms = job.own[t];
+    bytes += static_cast<double>(job.own[t] * row + row);  // own rows in, the output out
+    for (; p < static_cast<size_t>(job.peer_end[t]); ++p) {
+      terms += job.peer[p];
+      bytes += static_cast<double>(job.peer[p] >= 2 ? 2 * row : row);
+    }
+    max_terms = std::max(max_terms, terms);
+  }
+  // y: the rows pre-reduced for other ranks' tokens, then this rank's own rows. Values do not change the
+  // kernels' speed; first touch by this pinned rank puts the pages on its node.
+  std::vector<bf16> y((pre_rows + own_rows) * H, FloatToBf16(0.5f)), out(job.own.size() * H);
+  std::vector<float> f32(std::max<size_t>(n_f32, 1) * H, 0.0f), acc(2 * H);
+  std::vector<bf16> b16(std::max<size_t>(n_bf16, 1) * H, FloatToBf16(0.0f));
+  std::vector<const bf16*> rows(max_terms);
+  std::vector<float> w(max_terms, 0.125f);
+  std::vector<SumGroup> groups(max_terms);
+  std::vector<double> cpu;
+  for (int it = 0; it < warmup + iters; ++it) {
+    EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
+    const double t0 = ThreadCpuUs();
+    // (1) The expert side: one part per (token of another rank, this rank).
+    const bf16* yr = y.data();
+    size_t i32 = 0, i16 = 0;
+    for (uint8_t n : job.pre) {
+      if (n >= 2) {
+        for (int r = 0; r < n; ++r) rows[r] = yr + r * H;
+        WeightedPartialF32(f32.data() + i32++ * H, rows.data(), w.data(), n, job.hidden);
+      } else {
+        std::memcpy(b16.data() + i16++ * H, yr, row);
+      }
+      yr += n * H;
+    }
+    // (2) The source side: own rows, then the parts (the peers' stand-ins, round robin over (1)'s).
+    size_t p = 0;
+    i32 = i16 = 0;
+    for (size_t t = 0; t < job.own.size(); ++t) {
+      int nr = 0, ng = 0;
+      for (int r = 0; r < job.own[t]; ++r) rows[nr++] = yr + r * H;
+      yr += job.own[t] * H;
+      if (nr > 0) groups[ng++] = SumGroup{0, nr, nullptr};
+      for (; p < static_cast<size_t>(job.peer_end[t]); ++p) {
+        if (job.peer[p] >= 2) {
+          groups[ng++] = SumGroup{0, 0, f32.data() + (i32++ % std::max<size_t>(n_f32, 1)) * H};
+        } else {
+          rows[nr] = b16.data() + (i16++ % std::max<size_t>(n_bf16, 1)) * H;
+          groups[ng++] = SumGroup{nr++, 1, nullptr};
+        }
+      }
+      GroupedWeightedSumBf16(out.data() + t * H, acc.data(), rows.data(), w.data(), groups.data(), ng,
+                             job.hidden);
+    }
+    const double t1 = ThreadCpuUs();
+    if (it >= warmup) cpu.push_back(t1 - t0);
+  }
+  volatile uint64_t sink = out.empty() ? 0 : out[out.size() / 2].bits;  // keeps the work observable
+  (void)sink;
+  // Per iteration: max(the busiest rank, all ranks' work / the CPUs they may run on).
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  EPX_SYS(rc, ::sched_getaffinity(0, sizeof(mask), &mask), "CPUs of the combine traffic floor");
+  std::vector<uint8_t> mine(sizeof(mask) + cpu.size() * sizeof(double));
+  std::memcpy(mine.data(), &mask, sizeof(mask));
+  std::memcpy(mine.data() + sizeof(mask), cpu.data(), cpu.size() * sizeof(double));
+  EPX_ASSIGN_OR_RETURN(auto all, ctx.bootstrap().AllGather((std::string(phase) + "-cpu").c_str(), mine));
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  std::vector<double> ends(cpu.size(), 0.0), sum(cpu.size(), 0.0);
+  for (int r = 0; r < ctx.bootstrap().world_size(); ++r) {
+    const uint8_t* m = all.data() + static_cast<size_t>(r) * mine.size();
+    cpu_set_t theirs;
+    std::memcpy(&theirs, m, sizeof(theirs));
+    CPU_OR(&cpus, &cpus, &theirs);
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      double c;
+      std::memcpy(&c, m + sizeof(mask) + i * sizeof(double), sizeof(c));
+      ends[i] = std::max(ends[i], c);
+      sum[i] += c;
+    }
+  }
+  const double P = std::max(CPU_COUNT(&cpus), 1);
+  for (size_t i = 0; i < ends.size(); ++i) ends[i] = std::max(ends[i], sum[i] / P);
+  return FinishSteps(ctx, ends, bytes, phase);
 }
 
 }  // namespace epx::bench

@@ -51,6 +51,36 @@ StatusOr<CopyLimitResult> MeasureReduceLimit(Context& ctx, int tokens, int topk,
 // bench/results/README.md). `bytes_per_rank` = BF16 bytes read.
 StatusOr<CopyLimitResult> MeasureCastLimit(Context& ctx, std::span<const bf16> x, int hidden,
                                            const Fp8Options& opt, int iters, int warmup, const char* phase);
+
+// The traffic floor of the low-latency combine: the least memory traffic of a combine that returns the
+// reference's sums exactly (FP32 per expert rank, in rank order: kernels/ll.h "Combine") when the expert
+// outputs y sit in each rank's private memory (the default mode), moved with no synchronisation at all.
+// Only the rank holding a row can read it, and what it hands to the token's source must carry the FP32
+// sum of its rows of that token: at least min(one FP32 row, its BF16 rows) written by it and read by the
+// source (summing two ranks' parts first moves the same bytes again). So per (token, expert rank) with n
+// rows: the expert rank reads n BF16 rows of y and writes one FP32 partial (n >= 2) or the row (n == 1);
+// the source reads that back, reads its own rows and writes the BF16 output. With R ranks a token has
+// fewer rows per rank, so a partial folds fewer rows: at 1x4 about 1.4x the bytes per rank of 1x2.
+struct CombineTrafficJob {
+  int hidden = 0;             // 0: not measured
+  std::vector<uint8_t> pre;   // as an expert rank: rows here (>= 1) per token of another rank
+  std::vector<uint8_t> own;   // as a source: per own token, its rows on this rank
+  std::vector<uint8_t> peer;  // as a source: per own token, per other rank with rows of it, their count
+  std::vector<int> peer_end;  // per own token: end of its entries in `peer`
+};
+// The job of rank `me` from every rank's routing (topk_idx[r]: [N_r, topk] global expert ids, -1: none).
+CombineTrafficJob CombineTrafficOf(const std::vector<std::vector<int64_t>>& topk_idx, int topk,
+                                   int experts_per_rank, int me, int hidden);
+// Times the job, all ranks after a barrier each iteration: (1) WeightedPartialF32 / a row copy per `pre`
+// entry into a private stage buffer, (2) per own token GroupedWeightedSumBf16 of its own rows and, standing
+// in for the peers' parts, parts of the same sizes from (1)'s buffer, just written. Nothing else runs in
+// between, so every byte is as warm as the caches let it be: a lower bound of the same traffic inside an
+// exchange. Step = max(the busiest rank, the ranks' summed work / the CPUs they may run on), the work
+// counted in thread CPU time: no schedule of the ranks on their cores can finish sooner, and a rank that
+// waits for its core counts nothing (ranks sharing a core add up, as in an exchange, where every rank must
+// finish; start skew and sleeps do not). `bytes_per_rank` = the bytes read and written.
+StatusOr<CopyLimitResult> MeasureCombineTraffic(Context& ctx, const CombineTrafficJob& job, int iters,
+                                                int warmup, const char* phase);
 inline constexpr size_t kColdEvictBytes = size_t{96} << 20;  // 3x the 32 MiB L3 of one CCD here
 
 }  // namespace epx::bench

@@ -97,6 +97,11 @@ StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o
                                             o.warmup, (tag + "-cast").c_str()));
     }
   }
+  sum.has_traffic = mine.combine_traffic.hidden > 0;
+  if (sum.has_traffic) {
+    EPX_ASSIGN_OR_RETURN(sum.traffic_combine, MeasureCombineTraffic(ctx, mine.combine_traffic, o.iters,
+                                                                    o.warmup, (tag + "-traffic-c").c_str()));
+  }
   return sum;
 }
 
@@ -170,6 +175,16 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
       j["cast_dispatch_us_p99"] = s.cast_dispatch.step.p99_us;
       j["floor_serial_us"] = ca + sd + rc;
     }
+  }
+  if (s.has_traffic) {
+    // The least traffic of an exact combine with private expert outputs (bench/copy_limit.h
+    // MeasureCombineTraffic): the last rank's end, so ranks sharing a core add up.
+    const double tc = s.traffic_combine.step.median_us;
+    j["traffic_combine_us_p50"] = tc;
+    j["traffic_combine_us_p99"] = s.traffic_combine.step.p99_us;
+    j["traffic_combine_MB_per_rank"] = s.traffic_combine.bytes_per_rank / 1e6;
+    j["traffic_combine_GBps"] = s.traffic_combine.gbps;
+    j["combine_vs_traffic"] = s.combine.median_us > 0 ? tc / s.combine.median_us : 0.0;
   }
   AddMpiJson(mpi, bytes.dispatch, bytes.combine, &j);
   return j;

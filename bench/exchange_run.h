@@ -101,6 +101,9 @@ struct ExchangeCounts {
   std::span<const bf16> cast_x{};
   int cast_hidden = 0;
   Fp8Options cast_fp8{};
+  // The combine traffic floor's job (MeasureCombineTraffic), low-latency on one node in the default mode
+  // only (hidden 0: not measured; the same on every rank).
+  CombineTrafficJob combine_traffic{};
 };
 
 // The figures of a table, the same on every rank.
@@ -119,11 +122,15 @@ struct ExchangeSummary {
   // With has_reduce and ExchangeCounts::cast_hidden > 0: the FP8 cast of the dispatch rows alone.
   bool has_cast = false;
   CopyLimitResult cast_dispatch;
+  // With ExchangeCounts::combine_traffic.hidden > 0: the least traffic of an exact combine, all ranks.
+  bool has_traffic = false;
+  CopyLimitResult traffic_combine;
 };
 
 // Collective: gathers the counts ("<tag>-counts") and the step times ("<tag>-times-d", "-c"), then measures
 // the copy limit ("<tag>-copy-d", "-c") and, when asked, the reduce limit ("<tag>-reduce") and the DRAM
-// floor ("<tag>-stream-d", "<tag>-reduce-cold") and the cast limit ("<tag>-cast") over --iters (+ --warmup)
+// floor ("<tag>-stream-d", "<tag>-reduce-cold"), the cast limit ("<tag>-cast") and the combine traffic
+// floor ("<tag>-traffic-c") over --iters (+ --warmup)
 // iterations.
 StatusOr<ExchangeSummary> SummarizeExchange(Context& ctx, const ExchangeFlags& o, const std::string& tag,
                                             const ExchangeSamples& s, const ExchangeCounts& mine);

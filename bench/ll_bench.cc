@@ -369,7 +369,11 @@ Status LowLatencyCommand::Bench(Context& ctx, nlohmann::json* result) {
                                           .reduce_hidden = H,
                                           .cast_x = x,
                                           .cast_hidden = o.fp8 ? H : 0,
-                                          .cast_fp8 = f8}));
+                                          .cast_fp8 = f8,
+                                          // Private expert outputs on one node: the floor's premises.
+                                          .combine_traffic = pl.num_nodes == 1 && !o.zero_copy
+                                                                 ? CombineTrafficOf(p.topk_idx, K, El, me, H)
+                                                                 : CombineTrafficJob{}}));
   const double avg_pairs = sum.mean[0], avg_rdma_pairs = sum.mean[1];
   const LlStats stats = buf->stats();
   nlohmann::json& j = *result;
