@@ -116,7 +116,7 @@ StatusOr<CopyLimitResult> MeasureCastLimit(Context& ctx, std::span<const bf16> x
     const double t0 = NowUs();
     for (size_t r = 0; r < rows; ++r)
       CastRowToFp8(x.data() + r * H, static_cast<int>(H), opt, out.data() + r * stride,
-                   out.data() + r * stride + H);
+                   out.data() + r * stride + H, r + 1 < rows ? x.data() + (r + 1) * H : nullptr);
     const double t1 = NowUs();
     if (it >= warmup) t.push_back(t1 - t0);
   }

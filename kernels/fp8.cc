@@ -182,7 +182,7 @@ EPX_AVX512_KERNEL void FloatsAvx512(const float* in, size_t n, uint8_t* out) {
 }
 
 EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out,
-                                     void* scales) {
+                                     void* scales, const bf16* next) {
   const int full = hidden / kFp8Block;
   float* fs = static_cast<float*>(scales);
   uint8_t* bytes = static_cast<uint8_t*>(scales);
@@ -229,6 +229,9 @@ EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Option
     for (int b = b0; b < b1; ++b) {
       const auto* x = reinterpret_cast<const uint16_t*>(in + b * kFp8Block);
       const __m512 vs = _mm512_set1_ps(scale[b - b0]);
+      if (next != nullptr)  // the same block of the next row: 4 lines per ~60 conversion ops
+        for (int l = 0; l < kFp8Block * 2; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(next + b * kFp8Block) + l, _MM_HINT_T0);
       uint8_t* q = out + b * kFp8Block;
       for (int i = 0; i < kFp8Block; i += 64) {
         // BF16 -> float by interleaving zero words below each value (one op per 16, not a widen + shift).
@@ -246,6 +249,9 @@ EPX_AVX512_KERNEL void CastRowAvx512(const bf16* in, int hidden, const Fp8Option
       }
     }
   }
+  if (next != nullptr)
+    for (int l = full * kFp8Block * 2; l < hidden * 2; l += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(next) + l, _MM_HINT_T0);
   CastRowTail(in, hidden, opt, out, scales);
 }
 EPX_AVX512_END
@@ -265,9 +271,11 @@ void FloatsToE4m3(const float* in, size_t n, uint8_t* out) {
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(E4m3Code(in[i]));
 }
 
-void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales) {
+void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales,
+                  const bf16* next) {
 #if defined(__x86_64__)
-  if (avx512::Usable()) return CastRowAvx512(in, hidden, opt, out, scales);  // not by ifunc: EPX_FP8_TARGETS
+  if (avx512::Usable())
+    return CastRowAvx512(in, hidden, opt, out, scales, next);  // not by ifunc: EPX_FP8_TARGETS
 #endif
   CastRow(in, hidden, opt, out, scales);
 }

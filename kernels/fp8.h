@@ -29,7 +29,11 @@ struct Fp8Options {
 };
 
 // One row: out[hidden] E4M3 codes; scales: Fp8NumBlocks floats, or Ue8m0Words int32 words if ue8m0.
-void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales);
+// `next` (optional): the row of `hidden` values the caller casts after this one. Its lines are prefetched
+// while this row's codes are computed, so a next row that comes from DRAM streams in under this row's
+// arithmetic instead of stalling its own first (amax) pass. Never read, so any address is safe.
+void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* out, void* scales,
+                  const bf16* next = nullptr);
 
 // The E4M3 codes of n floats (saturating, round to nearest even, NaN -> 0x7f): the same bits as
 // FloatToE4m3, with the vector kernel CastRowToFp8 uses on this CPU (AVX-512 when usable).

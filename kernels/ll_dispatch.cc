@@ -40,8 +40,11 @@ Status LlDispatchSend(LlState& st, const LlDispatchInput& in, int b, int32_t* se
       uint8_t* m = st.heap() + st.Send(b) + static_cast<size_t>(t) * lay.dispatch_msg;
       LlEncodeHeader(m, t, shape, in.topk_idx.subspan(static_cast<size_t>(t) * K, K), st.cfg.topk);
       const bf16* row = in.x.data() + static_cast<size_t>(t) * in.hidden;
+      // x is the caller's and usually cold here (the last combine's traffic evicted it): the cast
+      // prefetches the next row while it computes this one's codes.
       if (opt.use_fp8)
-        CastRowToFp8(row, in.hidden, opt.fp8, m + lay.header_bytes, m + ScaleOffset(lay, in.hidden));
+        CastRowToFp8(row, in.hidden, opt.fp8, m + lay.header_bytes, m + ScaleOffset(lay, in.hidden),
+                     t + 1 < t1 ? row + in.hidden : nullptr);
       else
         std::memcpy(m + lay.header_bytes, row, PayloadBytes(in.hidden, opt));
     }

@@ -260,7 +260,8 @@ std::vector<bf16> TestRow(int kind, int h, std::mt19937& rng) {
 
 // CastRowToFp8 (in a release build the vectorized kernel, for whichever ISA this CPU selects) against the
 // reference row cast: every code byte and every scale byte (incl. UE8M0 padding), for H with and without
-// a partial last block, and each Fp8Options variant.
+// a partial last block, and each Fp8Options variant; the second row of each kind with a next row to
+// prefetch (the dispatch passes one: it must not change a bit).
 TEST(Fp8, RowCastMatchesReference) {
   const Fp8Options opts[] = {{false, false}, {true, false}, {true, true}};
   std::mt19937 rng(11);
@@ -268,10 +269,10 @@ TEST(Fp8, RowCastMatchesReference) {
     const size_t scale_bytes = static_cast<size_t>(Fp8NumBlocks(h)) * 4;  // >= Ue8m0Words(h) * 4
     for (int kind = 0; kind < 6; ++kind) {
       for (int rep = 0; rep < 2; ++rep) {
-        const auto row = TestRow(kind, h, rng);
+        const auto row = TestRow(kind, h, rng), next = TestRow(kind, h, rng);
         for (const Fp8Options& o : opts) {
           std::vector<uint8_t> q(h, 0xcd), want_q(h, 0xcd), s(scale_bytes, 0xcd), want_s(scale_bytes, 0xcd);
-          CastRowToFp8(row.data(), h, o, q.data(), s.data());
+          CastRowToFp8(row.data(), h, o, q.data(), s.data(), rep == 1 ? next.data() : nullptr);
           ReferenceCastRowToFp8(row.data(), h, o, want_q.data(), want_s.data());
           const auto where = std::mismatch(q.begin(), q.end(), want_q.begin()).first - q.begin();
           EXPECT_EQ(where, h) << "H=" << h << " kind " << kind << " round_scale " << o.round_scale << " ue8m0 "
