@@ -172,6 +172,12 @@ Status LlDispatchRecv(LlState& st, int b) {
             return EPX_ERROR(kInternal, "low-latency dispatch: source {} announced {} more rows than it staged", s,
                              remaining);
           const uint8_t* m = staged + static_cast<size_t>(t) * lay.dispatch_msg;
+          // A peer's staged tokens were just written by another core: fetch the next one while this one's
+          // rows stream out (it is placed once per local expert it selects, so it is read from the peer's
+          // cache once). Our own staging is still in this core's cache: no gain measured there.
+          if (s != st.rank && t + 1 < st.cfg.max_tokens)
+            for (size_t l = 0; l < lay.dispatch_msg; l += 64)
+              __builtin_prefetch(m + lay.dispatch_msg + l, 0, 3);
           // All K_buf ids: ids past the source's K are -1 (LlEncodeHeader), whatever K this rank used.
           for (int k = 0; k < st.cfg.topk; ++k) {
             const int64_t g = LlHeaderId(m, k);
