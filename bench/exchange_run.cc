@@ -178,7 +178,7 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
   }
   if (s.has_traffic) {
     // The least traffic of an exact combine with private expert outputs (bench/copy_limit.h
-    // MeasureCombineTraffic): the last rank's end, so ranks sharing a core add up.
+    // MeasureCombineTraffic), in CPU time with the ranks that share a core added up.
     const double tc = s.traffic_combine.step.median_us;
     j["traffic_combine_us_p50"] = tc;
     j["traffic_combine_us_p99"] = s.traffic_combine.step.p99_us;
