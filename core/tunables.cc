@@ -272,4 +272,12 @@ const BackoffPolicy& BackoffPolicy::Default() {
   return p;
 }
 
+BackoffPolicy BackoffPolicy::ForCpus(bool threads_share_cpus) {
+  BackoffPolicy b = Default();
+  // An explicit EPX_SPIN_ITERS wins: it is how the choice is measured (bench/results/README.md).
+  if (threads_share_cpus && std::getenv("EPX_SPIN_ITERS") == nullptr)
+    b.spin_iters = std::min(b.spin_iters, kSharedCpuSpinIters);
+  return b;
+}
+
 }  // namespace epx

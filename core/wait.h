@@ -52,6 +52,14 @@ struct BackoffPolicy {
   // from the environment now; Default() reads them once.
   static BackoffPolicy FromTunables();
   static const BackoffPolicy& Default();
+  // Spins before yielding when the threads of an exchange outnumber the cpus they may run on (ranks
+  // share a core): the thread a waiter waits for may be the one its own cpu would run next, so spinning
+  // only delays it. 16 instead of 256 at R=4 on 2 cores: -2 .. -8 % per call (bench/results/README.md).
+  static constexpr uint32_t kSharedCpuSpinIters = 16;
+  // Default(); when `threads_share_cpus` and EPX_SPIN_ITERS is not set, spin_iters at most
+  // kSharedCpuSpinIters. Chosen once per buffer at setup (HostThreadsOutnumberCpus,
+  // transport/host_topology.h).
+  static BackoffPolicy ForCpus(bool threads_share_cpus);
 };
 
 class Backoff {
@@ -116,16 +124,17 @@ Status WaitUntil(Pred&& pred, const Deadline& deadline, Diag&& diag) {
 // Same, and on the slow path asks `health` (may be null) whether a peer died: then, unless pred()
 // turned true meanwhile (the peer may have published its word and exited normally), it fails with
 // health->PeerFailure(what, diag(ms)). `diag(ms)` (std::string) describes the wait after `ms`
-// milliseconds and is also the kTimeout message; it runs only on those error paths.
+// milliseconds and is also the kTimeout message; it runs only on those error paths. `policy` must outlive
+// the call.
 template <typename Pred, typename Diag>
 Status WaitUntil(Pred&& pred, const Deadline& deadline, Diag&& diag, WaitHealth* health,
-                 std::string_view what) {
+                 std::string_view what, const BackoffPolicy& policy = BackoffPolicy::Default()) {
   if (pred()) return Status::Ok();
   const Clock::time_point t0 = Clock::now();  // only once the first poll fell short: the wait is real
   auto waited_ms = [&] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   };
-  Backoff b;
+  Backoff b(policy);
   for (uint32_t i = 0;; ++i) {
     if (pred()) return Status::Ok();
     if ((i & 63) == 63) {

@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/tunables.h"
 #include "kernels/ll_state.h"
+#include "transport/host_topology.h"
 
 namespace epx {
 namespace {
@@ -173,6 +174,9 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->El = cfg.local_experts();
   st->C = C;
   st->timeout_ms = cfg.timeout_ms > 0 ? cfg.timeout_ms : ctx.options().timeout_ms;
+  // C channels per rank: do the host's ranks have a cpu per busy thread? Else waits spin less.
+  EPX_ASSIGN_OR_RETURN(const auto cpus, ctx.bootstrap().AllGatherPod("ll-buffer-cpus", ThisRankCpus(C)));
+  st->wait_policy = BackoffPolicy::ForCpus(HostThreadsOutnumberCpus(cpus, pl.rank));
   auto off_or = ctx.allocator().Allocate(st->lay.heap_bytes, 4096, "low-latency buffers");
   if (!off_or.ok())
     return std::move(off_or).status().With(fmt::format(
@@ -214,9 +218,11 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->prev_snapshot.assign(static_cast<size_t>(st->El) * st->R, 0);
   st->id = g_next_ll_id.fetch_add(1) ^ (static_cast<uint64_t>(st->base) << 16);
   if (pl.rank == 0)
-    EPX_INFO("low-latency buffer: T_max={} H={} K={} E={} depth {}, {} channel(s), rdma {}, {} MiB of heap",
-             cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.depth, C,
-             st->rdma ? st->rdma->caps().kind : "none", st->lay.heap_bytes >> 20);
+    EPX_INFO(
+        "low-latency buffer: T_max={} H={} K={} E={} depth {}, {} channel(s), rdma {}, {} MiB of heap, waits "
+        "spin {} times before yielding",
+        cfg.max_tokens, cfg.hidden, cfg.topk, cfg.num_experts, cfg.depth, C,
+        st->rdma ? st->rdma->caps().kind : "none", st->lay.heap_bytes >> 20, st->wait_policy.spin_iters);
   return std::unique_ptr<LlBuffer>(new LlBuffer(std::move(st)));
 }
 

@@ -53,6 +53,7 @@ struct LlState {
   size_t base = 0;  // heap offset of the LL block
   int R = 1, L = 1, rank = 0, node = 0, El = 1, C = 1;
   int64_t timeout_ms = 60000;
+  BackoffPolicy wait_policy;  // node-local waits: fewer spins when ranks share cpus (BackoffPolicy::ForCpus)
   std::unique_ptr<RdmaDomain> rdma;  // several logical nodes only
   std::unique_ptr<WorkerPool> pool;  // C > 1 only; with one channel the caller's thread runs it
   uint64_t next_call = 0;
@@ -164,7 +165,7 @@ struct LlState {
     const auto t0 = Clock::now();
     if (Local(writer)) {
       const Deadline deadline = Deadline::After(std::chrono::milliseconds(timeout_ms));
-      Backoff backoff;
+      Backoff backoff(wait_policy);
       for (uint32_t i = 0;; ++i) {
         v = ctx.node().AtomicLoad(holder, off);
         if (v >= target) break;

@@ -11,6 +11,7 @@
 #include "kernels/fp8.h"
 #include "kernels/layout.h"
 #include "kernels/normal_state.h"
+#include "transport/host_topology.h"
 
 namespace epx {
 namespace {
@@ -396,13 +397,20 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
   st->masked.assign(P.R, 0);
   st->masked_at.assign(P.R, 0);
   st->UpdateRoutes();
-  st->idle = BackoffPolicy::Default();
+  // P.C channel threads per rank: do the host's ranks have a cpu per busy thread? Else waits spin less.
+  EPX_ASSIGN_OR_RETURN(const auto cpus,
+                       ctx.bootstrap().AllGatherPod("normal-buffer-cpus", ThisRankCpus(P.C)));
+  st->wait = BackoffPolicy::ForCpus(HostThreadsOutnumberCpus(cpus, pl.rank));
+  st->idle = st->wait;
   st->idle.yield_iters = static_cast<uint32_t>(cfg.idle_yields);
   st->id = g_next_buffer_id.fetch_add(1) ^ (static_cast<uint64_t>(P.begin) << 20);
   if (pl.rank == 0)
-    EPX_INFO("normal buffer: {} channels, node ring {} x {} B slots, rdma ring {} slots ({}), {} MiB of heap",
-             P.C, P.cfg.node_slots, P.slot, P.cfg.rdma_slots, st->rdma ? st->rdma->caps().kind : "none",
-             bytes >> 20);
+    EPX_INFO(
+        "normal buffer: {} channels, node ring {} x {} B slots, rdma ring {} slots ({}), {} MiB of heap, "
+        "waits spin "
+        "{} times before yielding",
+        P.C, P.cfg.node_slots, P.slot, P.cfg.rdma_slots, st->rdma ? st->rdma->caps().kind : "none",
+        bytes >> 20, st->wait.spin_iters);
   return std::unique_ptr<NormalBuffer>(new NormalBuffer(std::move(st)));
 }
 

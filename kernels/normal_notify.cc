@@ -116,7 +116,7 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
                   "node {} (this rank relays them) after {} ms",
                   e, me, src, n, ms);
             },
-            &st.ctx.liveness(), "the count exchange of a normal dispatch"));
+            &st.ctx.liveness(), "the count exchange of a normal dispatch", st.wait));
         EPX_RETURN_IF_ERROR(st.rdma->Signal(0, st.RankOf(n, g), P.Relay(p, l) + 64, P.Inbox(p, b, l),
                                             (L + 1) * P.count_row, P.NotifyCounter(), 1));
         if (h->relay.empty()) h->relay.assign(static_cast<size_t>(C) * L, 0);
@@ -180,7 +180,7 @@ Status ExchangeCounts(NormalState& st, const std::vector<int>& tokens_per_expert
             "normal dispatch count exchange #{} on rank {}: no counts from ranks{} after {} ms", e, me,
             missing, ms);
       },
-      &st.ctx.liveness(), "the count exchange of a normal dispatch"));
+      &st.ctx.liveness(), "the count exchange of a normal dispatch", st.wait));
 
   // The rows and node rows were written by peers: decoded and checked before they size anything
   // (kernels/normal_wire.h). A shape mismatch stays kInvalidArgument (the buffer remains usable).

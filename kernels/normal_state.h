@@ -46,7 +46,9 @@ struct NormalState {
   uint64_t epoch = 0;                // count exchanges done
   std::vector<ChannelRings> channels;
   std::unique_ptr<WorkerPool> pool;
-  BackoffPolicy idle;   // channel threads' back-off: the generic one with cfg.idle_yields yields
+  BackoffPolicy
+      wait;  // the count exchange's waits: fewer spins when ranks share cpus (BackoffPolicy::ForCpus)
+  BackoffPolicy idle;   // channel threads' back-off: `wait` with cfg.idle_yields yields
   bool broken = false;  // a call failed midway: rings are in an unknown state
   // Masking (NormalBuffer::MaskRank): masked[r] != 0 -> r gets no tokens, sends none, and no wait is for
   // it (several nodes: see `via` below). Changed only between calls, by the caller's thread.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -308,6 +309,35 @@ StatusOr<std::vector<int>> CurrentAffinity() {
       if (CPU_ISSET_S(c, bytes, set.get())) cpus.push_back(c);
     return cpus;
   }
+}
+
+RankCpus ThisRankCpus(int threads) {
+  RankCpus r;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  if (f >> id) id.copy(r.host, sizeof(r.host) - 1);
+  StatusOr<std::vector<int>> cpus = CurrentAffinity();
+  if (!cpus.ok()) return r;  // unknown: this rank counts neither threads nor cpus
+  for (int c : *cpus)
+    if (c < 64 * static_cast<int>(std::size(r.mask))) r.mask[c / 64] |= uint64_t{1} << (c % 64);
+  r.threads = threads;
+  return r;
+}
+
+bool HostThreadsOutnumberCpus(std::span<const RankCpus> all, int me) {
+  const RankCpus& mine = all[static_cast<size_t>(me)];
+  const std::string_view host(mine.host, strnlen(mine.host, sizeof(mine.host)));
+  uint64_t mask[std::size(RankCpus{}.mask)] = {};
+  int64_t threads = 0;
+  for (size_t r = 0; r < all.size(); ++r) {
+    const std::string_view other(all[r].host, strnlen(all[r].host, sizeof(all[r].host)));
+    if (static_cast<int>(r) != me && (host.empty() || other != host)) continue;  // another host
+    threads += all[r].threads;
+    for (size_t w = 0; w < std::size(mask); ++w) mask[w] |= all[r].mask[w];
+  }
+  int64_t cpus = 0;
+  for (uint64_t w : mask) cpus += __builtin_popcountll(w);
+  return threads > cpus;
 }
 
 }  // namespace epx

@@ -13,6 +13,8 @@
 //     and the plan says `oversubscribed` so the launcher can say so once.
 #pragma once
 
+#include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,5 +84,19 @@ std::string FormatCpuList(const std::vector<int>& cpus, bool ranges = true);
 StatusOr<std::vector<int>> ParseCpuList(std::string_view text);
 // The cpus the calling process may run on (sched_getaffinity), ascending.
 StatusOr<std::vector<int>> CurrentAffinity();
+
+// One rank's use of its host, all-gathered when a buffer is set up to decide whether its waits may spin
+// (BackoffPolicy::ForCpus): the kernel's boot id names the host (logical nodes split one host, and two
+// guests of one machine are two hosts), the cpus the rank may run on, and its busy threads.
+struct RankCpus {
+  char host[40] =
+      {};  // /proc/sys/kernel/random/boot_id ("" when unreadable: then every rank is its own host)
+  uint64_t mask[16] = {};  // cpus 0..1023
+  int32_t threads = 0;
+};
+RankCpus ThisRankCpus(int threads);
+// True when the threads of the ranks on all[me]'s host outnumber the cpus those ranks may run on (the
+// union of their masks): some of them take turns on a cpu. Pure.
+bool HostThreadsOutnumberCpus(std::span<const RankCpus> all, int me);
 
 }  // namespace epx

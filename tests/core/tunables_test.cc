@@ -136,5 +136,18 @@ TEST(Tunables, MaxSleepIsClamped) {
   EXPECT_EQ(BackoffPolicy::FromTunables().max_sleep_us, 2000000u);
 }
 
+// Ranks that share cpus spin less before yielding, unless EPX_SPIN_ITERS says otherwise.
+TEST(Tunables, BackoffForSharedCpusSpinsLess) {
+  unsetenv("EPX_SPIN_ITERS");
+  const BackoffPolicy& d = BackoffPolicy::Default();
+  EXPECT_EQ(BackoffPolicy::ForCpus(false).spin_iters, d.spin_iters);
+  EXPECT_EQ(BackoffPolicy::ForCpus(true).spin_iters,
+            std::min(d.spin_iters, BackoffPolicy::kSharedCpuSpinIters));
+  EXPECT_EQ(BackoffPolicy::ForCpus(true).yield_iters, d.yield_iters);
+  EXPECT_EQ(BackoffPolicy::ForCpus(true).max_sleep_us, d.max_sleep_us);
+  EnvGuard g("EPX_SPIN_ITERS", "300");  // explicit: Default()'s value (read once) is kept
+  EXPECT_EQ(BackoffPolicy::ForCpus(true).spin_iters, d.spin_iters);
+}
+
 }  // namespace
 }  // namespace epx

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -108,6 +109,47 @@ TEST(LauncherPinPlan, DisjointWhenCoresSuffice) {
       }
     }
   }
+}
+
+// What the buffers decide their waits' spinning from (BackoffPolicy::ForCpus): threads of the ranks on one
+// host (boot id) against the cpus in the union of their masks.
+RankCpus Cpus(const char* host, std::initializer_list<int> cpus, int threads) {
+  RankCpus r;
+  std::snprintf(r.host, sizeof(r.host), "%s", host);
+  for (int c : cpus) r.mask[c / 64] |= uint64_t{1} << (c % 64);
+  r.threads = threads;
+  return r;
+}
+
+TEST(LauncherPinPlan, HostThreadsOutnumberCpus) {
+  // 2 ranks pinned to a core each, one thread each (epx-run -n 2 on 2 cores): no sharing.
+  std::vector<RankCpus> two{Cpus("a", {0}, 1), Cpus("a", {1}, 1)};
+  EXPECT_FALSE(HostThreadsOutnumberCpus(two, 0));
+  EXPECT_FALSE(HostThreadsOutnumberCpus(two, 1));
+  // 4 ranks round-robin on 2 cores (epx-run -n 4 there): every rank shares.
+  std::vector<RankCpus> four{Cpus("a", {0}, 1), Cpus("a", {1}, 1), Cpus("a", {0}, 1), Cpus("a", {1}, 1)};
+  for (int r = 0; r < 4; ++r) EXPECT_TRUE(HostThreadsOutnumberCpus(four, r)) << r;
+  // Unpinned ranks, 2 channel threads each on 2 cpus: 4 threads on 2 cpus.
+  std::vector<RankCpus> threads{Cpus("a", {0, 1}, 2), Cpus("a", {0, 1}, 2)};
+  EXPECT_TRUE(HostThreadsOutnumberCpus(threads, 0));
+  threads[1].threads = 0;  // a rank whose affinity was unknown counts nothing
+  EXPECT_FALSE(HostThreadsOutnumberCpus(threads, 0));
+  // Two hosts (two guests) of 2 ranks on 2 cpus each, with the same cpu numbers: no sharing.
+  std::vector<RankCpus> hosts{Cpus("a", {0}, 1), Cpus("a", {1}, 1), Cpus("b", {0}, 1), Cpus("b", {1}, 1)};
+  for (int r = 0; r < 4; ++r) EXPECT_FALSE(HostThreadsOutnumberCpus(hosts, r)) << r;
+  // High cpu numbers count (mask words past the first).
+  std::vector<RankCpus> high{Cpus("a", {100}, 1), Cpus("a", {1000}, 1), Cpus("a", {1000}, 1)};
+  EXPECT_TRUE(HostThreadsOutnumberCpus(high, 0));
+  // No boot id: every rank is its own host.
+  std::vector<RankCpus> anon{Cpus("", {0}, 1), Cpus("", {0}, 1)};
+  EXPECT_FALSE(HostThreadsOutnumberCpus(anon, 0));
+  // This process: a host id and at least one cpu.
+  const RankCpus me = ThisRankCpus(1);
+  EXPECT_NE(me.host[0], '\0');
+  EXPECT_EQ(me.threads, 1);
+  std::vector<RankCpus> self{me, me, me};
+  ASSERT_TRUE(CurrentAffinity().ok());
+  EXPECT_EQ(HostThreadsOutnumberCpus(self, 0), CurrentAffinity()->size() < 3u);
 }
 
 TEST(LauncherPinPlan, OversubscribedSharesRoundRobinWithinNode) {
