@@ -407,8 +407,7 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
   if (pl.rank == 0)
     EPX_INFO(
         "normal buffer: {} channels, node ring {} x {} B slots, rdma ring {} slots ({}), {} MiB of heap, "
-        "waits spin "
-        "{} times before yielding",
+        "waits spin {} times before yielding",
         P.C, P.cfg.node_slots, P.slot, P.cfg.rdma_slots, st->rdma ? st->rdma->caps().kind : "none",
         bytes >> 20, st->wait.spin_iters);
   return std::unique_ptr<NormalBuffer>(new NormalBuffer(std::move(st)));

@@ -46,8 +46,8 @@ struct NormalState {
   uint64_t epoch = 0;                // count exchanges done
   std::vector<ChannelRings> channels;
   std::unique_ptr<WorkerPool> pool;
-  BackoffPolicy
-      wait;  // the count exchange's waits: fewer spins when ranks share cpus (BackoffPolicy::ForCpus)
+  // The count exchange's waits: fewer spins when the host's ranks share cpus (BackoffPolicy::ForCpus).
+  BackoffPolicy wait;
   BackoffPolicy idle;   // channel threads' back-off: `wait` with cfg.idle_yields yields
   bool broken = false;  // a call failed midway: rings are in an unknown state
   // Masking (NormalBuffer::MaskRank): masked[r] != 0 -> r gets no tokens, sends none, and no wait is for

@@ -89,10 +89,9 @@ StatusOr<std::vector<int>> CurrentAffinity();
 // (BackoffPolicy::ForCpus): the kernel's boot id names the host (logical nodes split one host, and two
 // guests of one machine are two hosts), the cpus the rank may run on, and its busy threads.
 struct RankCpus {
-  char host[40] =
-      {};  // /proc/sys/kernel/random/boot_id ("" when unreadable: then every rank is its own host)
+  char host[40] = {};      // /proc/sys/kernel/random/boot_id; "" (unreadable): a host of its own
   uint64_t mask[16] = {};  // cpus 0..1023
-  int32_t threads = 0;
+  int32_t threads = 0;     // 0 when the affinity was unknown: counts neither threads nor cpus
 };
 RankCpus ThisRankCpus(int threads);
 // True when the threads of the ranks on all[me]'s host outnumber the cpus those ranks may run on (the
