@@ -2,6 +2,8 @@
 // (bench/exchange_run.h).
 #include "bench/exchange_run.h"
 
+#include "kernels/isa.h"
+
 namespace epx::bench {
 
 StatusOr<ProblemSpec> ExchangeSpec(const ExchangeFlags& o, const Placement& pl, TokenDtype dtype) {
@@ -124,6 +126,7 @@ nlohmann::json ExchangeJson(const char* mode, const char* dtype, const Placement
                       {"rounds", o.rounds},
                       {"warmup", o.warmup},
                       {"seed", o.seed},
+                      {"kernel_isa", IsaName(KernelIsa())},  // the row kernels' family (kernels/isa.h)
                       {"recv_tokens_per_rank", s.recv_rows}};
   // The same keys per op, "<op>_..." and "copy_<op>_..." (ReportExchange and PrintBaselines read them so).
   struct Op {

@@ -36,6 +36,7 @@
 #include "bench/exchange_run.h"
 #include "bench/mpi_compare.h"
 #include "kernels/fp8.h"
+#include "kernels/isa.h"
 #include "kernels/ll.h"
 #include "kernels/problem_gen.h"
 
@@ -442,11 +443,12 @@ int LowLatencyCommand::Run(Context& ctx) {
                                            : "FP8";
     return fmt::format(
         "epx-bench low-latency: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, dispatch {}, "
-        "combine BF16, depth {}, rdma {}, channels {},{} {} iters (+{} warm-up){}, check {}",
+        "combine BF16, depth {}, rdma {}, channels {}, kernels {},{} {} iters (+{} warm-up){}, check {}",
         pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts, fp8,
         j["config"]["depth"].get<int>(), pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-",
-        j["config"]["channels"].get<int>(),
-        o_.two_phase ? (o_.zero_copy ? " two-phase, zero-copy," : " two-phase,") : (o_.zero_copy ? " zero-copy," : ""),
+        j["config"]["channels"].get<int>(), IsaName(KernelIsa()),
+        o_.two_phase ? (o_.zero_copy ? " two-phase, zero-copy," : " two-phase,")
+                     : (o_.zero_copy ? " zero-copy," : ""),
         o_.iters, o_.warmup, RoundsNote(o_), j["check"].get<std::string>());
   };
   auto phases = [&](const std::string& op) {

@@ -22,6 +22,7 @@
 
 #include "kernels/bf16_math.h"
 #include "kernels/fp8.h"
+#include "kernels/isa.h"
 #include "kernels/layout.h"
 #include "transport/context.h"
 
@@ -268,4 +269,13 @@ BENCHMARK(BM_ShmSignalRoundTrip)->UseRealTime();
 }  // namespace
 }  // namespace epx
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, plus which family of row kernels ran (kernels/isa.h; EPX_KERNEL_ISA caps it) in the
+// context block of the output, so that runs under different caps can be told apart.
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("kernel_isa", epx::IsaName(epx::KernelIsa()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -28,6 +28,7 @@
 #include "bench/exchange_run.h"
 #include "bench/mpi_compare.h"
 #include "kernels/fp8.h"
+#include "kernels/isa.h"
 #include "kernels/normal.h"
 #include "kernels/problem_gen.h"
 
@@ -224,11 +225,12 @@ int NormalCommand::Run(Context& ctx) {
       [&] {
         return fmt::format(
             "epx-bench normal: {} ranks ({} node(s) x {}), {} tokens/rank, H={}, K={}, E={}, {}{}, rdma {}, "
-            "channels {}, {} iters (+{} warm-up){}, check {}",
+            "channels {}, kernels {}, {} iters (+{} warm-up){}, check {}",
             pl.world_size, pl.num_nodes, pl.local_size, o_.tokens, o_.hidden, o_.topk, o_.experts,
             o_.fp8 ? "FP8" : "BF16", o_.zero_copy ? ", zero-copy inputs" : "",
-            pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-", j["config"]["channels"].get<int>(),
-            o_.iters, o_.warmup, RoundsNote(o_), j["check"].get<std::string>());
+            pl.num_nodes > 1 ? j["config"]["rdma"].get<std::string>() : "-",
+            j["config"]["channels"].get<int>(), IsaName(KernelIsa()), o_.iters, o_.warmup, RoundsNote(o_),
+            j["check"].get<std::string>());
       },
       [](const std::string&) {},
       [&] {

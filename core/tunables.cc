@@ -28,6 +28,8 @@ constexpr TunableDef kTable[] = {
     {"EPX_HUGEPAGES", T::kEnum, "auto", "", "auto|on|off",
      "heap on hugetlb pages: auto = try, fall back to 4K pages + THP advice; on = fail if none"},
     {"EPX_NUMA_BIND", T::kEnum, "on", "", "on|off", "bind the heap to the rank's NUMA node"},
+    {"EPX_KERNEL_ISA", T::kEnum, "auto", "", "auto|avx512|avx2|baseline",
+     "most the hand-written row kernels may use (auto: the best the CPU has; never more than it has)"},
     {"EPX_BOOTSTRAP_TIMEOUT", T::kDuration, "60s", "ms", "", "deadline of each bootstrap call"},
     {"EPX_TIMEOUT", T::kDuration, "60s", "ms", "", "deadline of each data-path wait"},
     {"EPX_SPIN_ITERS", T::kInt, "256", "polls", "0..1000000",
@@ -48,7 +50,8 @@ constexpr TunableDef kTable[] = {
     {"EPX_NORMAL_CHANNELS", T::kInt, "0", "threads", "0..64",
      "normal dispatch/combine: channels (worker threads, RDMA posting contexts) per rank; 0 = the CPUs a "
      "rank may run on (min over ranks, at most 8)"},
-    {"EPX_NORMAL_NODE_SLOTS", T::kInt, "64", "slots", "2..65535", "normal kernels: slots per node (shm) ring"},
+    {"EPX_NORMAL_NODE_SLOTS", T::kInt, "64", "slots", "2..65535",
+     "normal kernels: slots per node (shm) ring"},
     {"EPX_NORMAL_NODE_CHUNK", T::kInt, "4", "slots", "1..65535",
      "normal kernels: a node-ring sender publishes its tail at least every this many slots"},
     {"EPX_NORMAL_RDMA_SLOTS", T::kInt, "64", "slots", "2..65535", "normal kernels: slots per RDMA ring"},
@@ -57,7 +60,8 @@ constexpr TunableDef kTable[] = {
     {"EPX_NORMAL_YIELD_ITERS", T::kInt, "16384", "polls", "0..100000000",
      "normal kernels: sched_yield polls of an idle channel thread before it sleeps"},
     {"EPX_LL_CHANNELS", T::kInt, "0", "threads", "0..64",
-     "low-latency dispatch/combine: channels (worker threads, RDMA posting contexts) per rank; 0 = the CPUs a "
+     "low-latency dispatch/combine: channels (worker threads, RDMA posting contexts) per rank; 0 = the CPUs "
+     "a "
      "rank may run on (min over ranks, at most 4; one channel runs on the calling thread)"},
     {"EPX_IB_FORCE_EMULATED_ATOMICS", T::kEnum, "0", "", "0|1",
      "TEST ONLY: emulate fetch-add with send-with-immediate even when the device has native atomics"},

@@ -1,7 +1,7 @@
-// kernels/avx512.h: what the hand-written AVX-512 kernels share (kernels/bf16_math.cc, kernels/fp8.cc):
-// the function attribute, BF16 loads widened to FP32, and the one-time CPU check. Each kernel is picked
-// at first use by Avx512Usable() (not an ifunc: resolvers run before sanitizer runtimes are up), and
-// every kernel keeps a portable twin that gives bitwise the same results.
+// kernels/avx512.h: what the hand-written AVX-512 kernels share (kernels/bf16_math.cc, kernels/fp8.cc,
+// kernels/stream_copy.cc): the function attribute, BF16 loads widened to FP32, and whether they run
+// (kernels/isa.h). Every AVX-512 kernel has an AVX2 twin (kernels/avx2.h) and a portable one that give
+// bitwise the same results.
 //
 // Wrap the kernels in EPX_AVX512_BEGIN / EPX_AVX512_END: GCC 12 warns "'__Y' may be used uninitialized"
 // inside its own avx512fintrin.h (the _mm512_undefined_* placeholders of unmasked intrinsics, GCC bug
@@ -12,6 +12,8 @@
 #include <immintrin.h>
 
 #include <cstdint>
+
+#include "kernels/isa.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define EPX_AVX512_BEGIN \
@@ -42,14 +44,9 @@ EPX_AVX512_INLINE __m512 LoadBf16Masked(const uint16_t* p, __mmask16 m) {
 }
 EPX_AVX512_END
 
-// AVX-512 F + BW + VL, asked once.
+// The AVX-512 kernels run (kernels/isa.h: the CPU has AVX-512 F + BW + VL and EPX_KERNEL_ISA allows it).
 inline bool Usable() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-  }();
-  return ok;
+  return KernelIsa() == Isa::kAvx512;
 }
 
 }  // namespace epx::avx512

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/avx2.h"
 #include "kernels/avx512.h"
 
 namespace epx {
@@ -258,113 +259,185 @@ EPX_AVX512_KERNEL void PartialAvx512(float* out, const bf16* const* rows, const 
 }
 EPX_AVX512_END
 
-void WeightedAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, const float* w, int num_rows, int n) {
-  StripsAvx512<true>(out, rows, w, num_rows, n);
+// AVX2: the AVX-512 strips above on 256-bit registers, 32 columns per strip (four registers, as there:
+// a group's partial and the running sum take eight of the sixteen). Columns past the last full strip go
+// through the scalar twins below, which do the same operations in the same order (the target has no
+// FMA, and -ffp-contract=off forbids fusing anyway), so every column gets bitwise the generic result.
+
+// Scalar column j of StripsAvx512 / SumBody.
+template <bool kWeighted>
+EPX_AVX2_INLINE uint16_t StripColumn(const bf16* const* rows, const float* w, int num_rows, int j) {
+  float a = 0.0f + TermOf<kWeighted>(kWeighted ? w[0] : 0.0f, reinterpret_cast<const uint16_t*>(rows[0])[j]);
+  for (int r = 1; r < num_rows; ++r)
+    a += TermOf<kWeighted>(kWeighted ? w[r] : 0.0f, reinterpret_cast<const uint16_t*>(rows[r])[j]);
+  return ToBf16Bits(a);
 }
-void SumAvx512(bf16* out, float* /*acc*/, const bf16* const* rows, int num_rows, int n) {
-  StripsAvx512<false>(out, rows, nullptr, num_rows, n);
+// Scalar column j of one group's partial (PartialBody).
+EPX_AVX2_INLINE float PartialColumn(const bf16* const* rows, const float* w, int num_rows, int j) {
+  float p = 0.0f + TermOf<true>(w[0], reinterpret_cast<const uint16_t*>(rows[0])[j]);
+  for (int r = 1; r < num_rows; ++r) p += TermOf<true>(w[r], reinterpret_cast<const uint16_t*>(rows[r])[j]);
+  return p;
 }
-void SumStreamAvx512(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
-  if (reinterpret_cast<uintptr_t>(out) & 15) return SumAvx512(out, acc, rows, num_rows, n);
-  StripsAvx512<false, true>(out, rows, nullptr, num_rows, n);
+
+template <bool kWeighted>
+EPX_AVX2_INLINE __m256 Term8(__m256 y, __m256 w) {
+  if constexpr (kWeighted)
+    return _mm256_mul_ps(w, y);
+  else
+    return y;
+}
+template <bool kWeighted>
+EPX_AVX2_INLINE __m256 Weight8(const float* w, int r) {
+  if constexpr (kWeighted)
+    return _mm256_set1_ps(w[r]);
+  else
+    return _mm256_setzero_ps();
+}
+// 32 BF16 results (a[0..3], in order) to o; kStream: four 16-byte non-temporal stores (o 16-byte aligned,
+// checked by the caller).
+template <bool kStream>
+EPX_AVX2_INLINE void Store32Bf16(uint16_t* o, const __m256 a[4]) {
+  const __m256i lo = avx2::PackBf16(avx2::ToBf16Bits32(a[0]), avx2::ToBf16Bits32(a[1]));
+  const __m256i hi = avx2::PackBf16(avx2::ToBf16Bits32(a[2]), avx2::ToBf16Bits32(a[3]));
+  if constexpr (kStream) {
+    auto* q = reinterpret_cast<__m128i*>(o);
+    _mm_stream_si128(q, _mm256_castsi256_si128(lo));
+    _mm_stream_si128(q + 1, _mm256_extracti128_si256(lo, 1));
+    _mm_stream_si128(q + 2, _mm256_castsi256_si128(hi));
+    _mm_stream_si128(q + 3, _mm256_extracti128_si256(hi, 1));
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), hi);
+  }
+}
+
+template <bool kWeighted, bool kStream = false>
+EPX_AVX2_KERNEL void StripsAvx2(bf16* out, const bf16* const* rows, const float* w, int num_rows, int n) {
+  auto* o = reinterpret_cast<uint16_t*>(out);
+  if (num_rows == 0) {
+    std::memset(o, 0, 2 * static_cast<size_t>(n));
+    return;
+  }
+  const auto* r0 = reinterpret_cast<const uint16_t*>(rows[0]);
+  const __m256 w0 = Weight8<kWeighted>(w, 0);
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m256 a[4];
+    for (int v = 0; v < 4; ++v)
+      a[v] = _mm256_add_ps(_mm256_setzero_ps(), Term8<kWeighted>(avx2::LoadBf16(r0 + j + 8 * v), w0));
+    for (int r = 1; r < num_rows; ++r) {
+      const uint16_t* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+      const __m256 wr = Weight8<kWeighted>(w, r);
+      for (int v = 0; v < 4; ++v) a[v] = _mm256_add_ps(a[v], Term8<kWeighted>(avx2::LoadBf16(y + 8 * v), wr));
+    }
+    Store32Bf16<kStream>(o + j, a);
+  }
+  for (; j < n; ++j) o[j] = StripColumn<kWeighted>(rows, w, num_rows, j);
+}
+
+// GroupedAvx512 in strips of 32 columns; the same operations in the same order as GroupedBody.
+EPX_AVX2_KERNEL void GroupedStripsAvx2(bf16* out, const bf16* const* rows, const float* w,
+                                       const SumGroup* groups, int num_groups, int n) {
+  auto* o = reinterpret_cast<uint16_t*>(out);
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m256 a[4];
+    for (int v = 0; v < 4; ++v) a[v] = _mm256_setzero_ps();
+    for (int g = 0; g < num_groups; ++g) {
+      const SumGroup& gr = groups[g];
+      __m256 p[4];
+      if (gr.partial) {
+        for (int v = 0; v < 4; ++v) p[v] = _mm256_loadu_ps(gr.partial + j + 8 * v);
+      } else {
+        const auto* r0 = reinterpret_cast<const uint16_t*>(rows[gr.first]) + j;
+        const __m256 w0 = _mm256_set1_ps(w[gr.first]);
+        for (int v = 0; v < 4; ++v)
+          p[v] = _mm256_add_ps(_mm256_setzero_ps(), _mm256_mul_ps(w0, avx2::LoadBf16(r0 + 8 * v)));
+        for (int r = gr.first + 1; r < gr.first + gr.count; ++r) {
+          const auto* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+          const __m256 wr = _mm256_set1_ps(w[r]);
+          for (int v = 0; v < 4; ++v)
+            p[v] = _mm256_add_ps(p[v], _mm256_mul_ps(wr, avx2::LoadBf16(y + 8 * v)));
+        }
+      }
+      for (int v = 0; v < 4; ++v) a[v] = _mm256_add_ps(a[v], p[v]);
+    }
+    Store32Bf16<false>(o + j, a);
+  }
+  for (; j < n; ++j) {
+    float a = 0.0f;
+    for (int g = 0; g < num_groups; ++g)
+      a += groups[g].partial ? groups[g].partial[j]
+                             : PartialColumn(rows + groups[g].first, w + groups[g].first, groups[g].count, j);
+    o[j] = ToBf16Bits(a);
+  }
+}
+
+// WeightedPartialF32 in strips of 32 columns.
+EPX_AVX2_KERNEL void PartialStripsAvx2(float* out, const bf16* const* rows, const float* w, int num_rows,
+                                       int n) {
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m256 p[4];
+    const auto* r0 = reinterpret_cast<const uint16_t*>(rows[0]) + j;
+    const __m256 w0 = _mm256_set1_ps(w[0]);
+    for (int v = 0; v < 4; ++v)
+      p[v] = _mm256_add_ps(_mm256_setzero_ps(), _mm256_mul_ps(w0, avx2::LoadBf16(r0 + 8 * v)));
+    for (int r = 1; r < num_rows; ++r) {
+      const auto* y = reinterpret_cast<const uint16_t*>(rows[r]) + j;
+      const __m256 wr = _mm256_set1_ps(w[r]);
+      for (int v = 0; v < 4; ++v) p[v] = _mm256_add_ps(p[v], _mm256_mul_ps(wr, avx2::LoadBf16(y + 8 * v)));
+    }
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + j + 8 * v, p[v]);
+  }
+  for (; j < n; ++j) out[j] = PartialColumn(rows, w, num_rows, j);
 }
 #endif
-__attribute__((target("avx2"))) void WeightedAvx2(bf16* out, float* acc, const bf16* const* rows,
-                                                  const float* w, int num_rows, int n) {
-  SumBody<true>(out, acc, rows, w, num_rows, n);
-}
-void WeightedBaseline(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows, int n) {
-  SumBody<true>(out, acc, rows, w, num_rows, n);
-}
-
-__attribute__((target("avx2"))) void SumAvx2(bf16* out, float* acc, const bf16* const* rows, int num_rows,
-                                             int n) {
-  SumBody<false>(out, acc, rows, nullptr, num_rows, n);
-}
-void SumBaseline(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
-  SumBody<false>(out, acc, rows, nullptr, num_rows, n);
-}
-
-using SumFn = void (*)(bf16*, float*, const bf16* const*, int, int);
-
-// Chosen once, at first use (not an ifunc: resolvers run before sanitizer runtimes are up).
-SumFn PickSum() {
-  __builtin_cpu_init();
-#if defined(__x86_64__)
-  if (avx512::Usable()) return SumAvx512;
-#endif
-  if (__builtin_cpu_supports("avx2")) return SumAvx2;
-  return SumBaseline;
-}
-
-using WeightedFn = void (*)(bf16*, float*, const bf16* const*, const float*, int, int);
-WeightedFn PickWeighted() {
-  __builtin_cpu_init();
-#if defined(__x86_64__)
-  if (avx512::Usable()) return WeightedAvx512;
-#endif
-  if (__builtin_cpu_supports("avx2")) return WeightedAvx2;
-  return WeightedBaseline;
-}
-
-// 2: AVX-512, 1: AVX2, 0: baseline (chosen once per function, at first use).
-int PickIsa() {
-  __builtin_cpu_init();
-#if defined(__x86_64__)
-  if (avx512::Usable()) return 2;
-#endif
-  return __builtin_cpu_supports("avx2") ? 1 : 0;
-}
 
 }  // namespace
 
+// Each entry point branches on KernelIsa() (kernels/isa.h: fixed for the process after its first call, so
+// the branch always goes the same way).
 void WeightedSumBf16Rows(bf16* out, float* acc, const bf16* const* rows, const float* w, int num_rows,
                          int n) {
-  static const WeightedFn fn = PickWeighted();
-  fn(out, acc, rows, w, num_rows, n);
+#if defined(__x86_64__)
+  if (avx512::Usable()) return StripsAvx512<true>(out, rows, w, num_rows, n);
+  if (avx2::Usable()) return StripsAvx2<true>(out, rows, w, num_rows, n);
+#endif
+  SumBody<true>(out, acc, rows, w, num_rows, n);
 }
 
 void SumBf16Rows(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
-  static const SumFn fn = PickSum();
-  fn(out, acc, rows, num_rows, n);
+#if defined(__x86_64__)
+  if (avx512::Usable()) return StripsAvx512<false>(out, rows, nullptr, num_rows, n);
+  if (avx2::Usable()) return StripsAvx2<false>(out, rows, nullptr, num_rows, n);
+#endif
+  SumBody<false>(out, acc, rows, nullptr, num_rows, n);
 }
 
 void SumBf16RowsStream(bf16* out, float* acc, const bf16* const* rows, int num_rows, int n) {
 #if defined(__x86_64__)
-  static const bool avx512 = avx512::Usable();
-  if (avx512) return SumStreamAvx512(out, acc, rows, num_rows, n);
+  const bool aligned = (reinterpret_cast<uintptr_t>(out) & 15) == 0;
+  if (aligned && avx512::Usable()) return StripsAvx512<false, true>(out, rows, nullptr, num_rows, n);
+  if (aligned && avx2::Usable()) return StripsAvx2<false, true>(out, rows, nullptr, num_rows, n);
 #endif
   SumBf16Rows(out, acc, rows, num_rows, n);
 }
 
-namespace {
-__attribute__((target("avx2"))) void GroupedAvx2(bf16* out, float* acc, const bf16* const* rows,
-                                                 const float* w, const SumGroup* groups, int num_groups,
-                                                 int n) {
-  GroupedBody(out, acc, rows, w, groups, num_groups, n);
-}
-__attribute__((target("avx2"))) void PartialAvx2(float* out, const bf16* const* rows, const float* w,
-                                                 int num_rows, int n) {
-  PartialBody(out, rows, w, num_rows, n);
-}
-}  // namespace
-
 void GroupedWeightedSumBf16(bf16* out, float* acc, const bf16* const* rows, const float* w,
                             const SumGroup* groups, int num_groups, int n) {
-  static const int isa = PickIsa();
 #if defined(__x86_64__)
-  if (isa == 2) return GroupedAvx512(out, rows, w, groups, num_groups, n);
+  if (avx512::Usable()) return GroupedAvx512(out, rows, w, groups, num_groups, n);
+  if (avx2::Usable()) return GroupedStripsAvx2(out, rows, w, groups, num_groups, n);
 #endif
-  if (isa == 1) return GroupedAvx2(out, acc, rows, w, groups, num_groups, n);
   GroupedBody(out, acc, rows, w, groups, num_groups, n);
 }
 
 void WeightedPartialF32(float* out, const bf16* const* rows, const float* w, int num_rows, int n) {
-  static const int isa = PickIsa();
 #if defined(__x86_64__)
-  if (isa == 2) return PartialAvx512(out, rows, w, num_rows, n);
+  if (avx512::Usable()) return PartialAvx512(out, rows, w, num_rows, n);
+  if (avx2::Usable()) return PartialStripsAvx2(out, rows, w, num_rows, n);
 #endif
-  if (isa == 1) return PartialAvx2(out, rows, w, num_rows, n);
   PartialBody(out, rows, w, num_rows, n);
 }
 

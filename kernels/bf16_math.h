@@ -1,8 +1,8 @@
-// kernels/bf16_math.h: the row arithmetic of combine, vectorised. The function is compiled for
-// several instruction sets (AVX-512, AVX2, baseline x86-64) and the best one the CPU supports is
-// picked at first use, so one binary runs everywhere. Results are bitwise identical on every path:
-// only IEEE FP32 adds (no contraction, no reassociation) and the exact BF16 conversions of
-// kernels/dtypes.h are used, element by element, in the same order.
+// kernels/bf16_math.h: the row arithmetic of combine, vectorised. Each function has an AVX-512, an AVX2
+// and a portable body, and KernelIsa() (kernels/isa.h) picks one per process, so one binary runs
+// everywhere. Results are bitwise identical on every path: only IEEE FP32 adds (no contraction, no
+// reassociation) and the exact BF16 conversions of kernels/dtypes.h are used, element by element, in the
+// same order.
 #pragma once
 
 #include "kernels/dtypes.h"

@@ -36,7 +36,8 @@ void CastRowToFp8(const bf16* in, int hidden, const Fp8Options& opt, uint8_t* ou
                   const bf16* next = nullptr);
 
 // The E4M3 codes of n floats (saturating, round to nearest even, NaN -> 0x7f): the same bits as
-// FloatToE4m3, with the vector kernel CastRowToFp8 uses on this CPU (AVX-512 when usable).
+// FloatToE4m3, with the vector kernel CastRowToFp8 uses on this CPU (kernels/isa.h: AVX-512, AVX2 or
+// portable).
 void FloatsToE4m3(const float* in, size_t n, uint8_t* out);
 
 // Inverse, for tests and for experts that consume FP8: x = q * scale_inv.

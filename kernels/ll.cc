@@ -10,7 +10,6 @@
 #include "core/log.h"
 #include "core/tunables.h"
 #include "kernels/ll_state.h"
-#include "transport/host_topology.h"
 
 namespace epx {
 namespace {
@@ -175,8 +174,7 @@ StatusOr<std::unique_ptr<LlBuffer>> LlBuffer::Create(Context& ctx, LowLatencyCon
   st->C = C;
   st->timeout_ms = cfg.timeout_ms > 0 ? cfg.timeout_ms : ctx.options().timeout_ms;
   // C channels per rank: do the host's ranks have a cpu per busy thread? Else waits spin less.
-  EPX_ASSIGN_OR_RETURN(const auto cpus, ctx.bootstrap().AllGatherPod("ll-buffer-cpus", ThisRankCpus(C)));
-  st->wait_policy = BackoffPolicy::ForCpus(HostThreadsOutnumberCpus(cpus, pl.rank));
+  EPX_ASSIGN_OR_RETURN(st->wait_policy, ChannelWaitPolicy(ctx, "ll-buffer-cpus", C));
   auto off_or = ctx.allocator().Allocate(st->lay.heap_bytes, 4096, "low-latency buffers");
   if (!off_or.ok())
     return std::move(off_or).status().With(fmt::format(

@@ -11,7 +11,6 @@
 #include "kernels/fp8.h"
 #include "kernels/layout.h"
 #include "kernels/normal_state.h"
-#include "transport/host_topology.h"
 
 namespace epx {
 namespace {
@@ -398,9 +397,7 @@ StatusOr<std::unique_ptr<NormalBuffer>> NormalBuffer::Create(Context& ctx, const
   st->masked_at.assign(P.R, 0);
   st->UpdateRoutes();
   // P.C channel threads per rank: do the host's ranks have a cpu per busy thread? Else waits spin less.
-  EPX_ASSIGN_OR_RETURN(const auto cpus,
-                       ctx.bootstrap().AllGatherPod("normal-buffer-cpus", ThisRankCpus(P.C)));
-  st->wait = BackoffPolicy::ForCpus(HostThreadsOutnumberCpus(cpus, pl.rank));
+  EPX_ASSIGN_OR_RETURN(st->wait, ChannelWaitPolicy(ctx, "normal-buffer-cpus", P.C));
   st->idle = st->wait;
   st->idle.yield_iters = static_cast<uint32_t>(cfg.idle_yields);
   st->id = g_next_buffer_id.fetch_add(1) ^ (static_cast<uint64_t>(P.begin) << 20);

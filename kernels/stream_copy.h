@@ -13,7 +13,7 @@
 namespace epx {
 
 // memcpy(dst, src, n), with streaming stores for the 64-byte-aligned middle when n >= 1 KiB and the
-// CPU has AVX-512 (else plain memcpy). dst and src must not overlap.
+// kernels use AVX-512 or AVX2 (kernels/isa.h; else plain memcpy). dst and src must not overlap.
 void StreamCopy(void* dst, const void* src, size_t n);
 // Orders every StreamCopy of this thread before its later stores (sfence); a no-op without them.
 void StreamFence();

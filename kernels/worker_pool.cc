@@ -1,6 +1,14 @@
 #include "kernels/worker_pool.h"
 
+#include "transport/context.h"
+#include "transport/host_topology.h"
+
 namespace epx {
+
+StatusOr<BackoffPolicy> ChannelWaitPolicy(Context& ctx, std::string_view phase, int channels) {
+  EPX_ASSIGN_OR_RETURN(const auto cpus, ctx.bootstrap().AllGatherPod(phase, ThisRankCpus(channels)));
+  return BackoffPolicy::ForCpus(HostThreadsOutnumberCpus(cpus, ctx.placement().rank));
+}
 
 WorkerPool::WorkerPool(int num_workers) : results_(num_workers) {
   failed_order_.reserve(static_cast<size_t>(num_workers));

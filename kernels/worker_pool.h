@@ -12,8 +12,17 @@
 #include <vector>
 
 #include "core/status.h"
+#include "core/wait.h"
 
 namespace epx {
+
+class Context;
+
+// The backoff of a buffer's waits, chosen once at its setup (collective: every rank calls it with the
+// same `phase`): all-gather each rank's cpus and busy threads (`channels`), and spin less before yielding
+// where the threads of this rank's host outnumber their cpus (BackoffPolicy::ForCpus,
+// transport/host_topology.h). One function for the normal and the low-latency buffer, so they agree.
+StatusOr<BackoffPolicy> ChannelWaitPolicy(Context& ctx, std::string_view phase, int channels);
 
 // What a worker returns when it stopped only because another worker of the same job failed (the job's
 // abort flag): not a cause of its own, so Run() reports another worker's error in preference.

@@ -252,6 +252,12 @@ TEST(PeerLiveness, AnAcknowledgedDeathNoLongerFailsWaitsButANewOneDoes) {
   live.Acknowledge(3);  // masked after a timeout, before it died
   ::kill(pre_masked.pid, SIGKILL);
   ::kill(first.pid, SIGKILL);
+  // SIGKILL is delivered asynchronously: on a loaded host a victim can still be running when the scan
+  // below looks. Wait until both have exited (zombies, not reaped), so that one scan surely sees both.
+  for (pid_t pid : {pre_masked.pid, first.pid}) {
+    siginfo_t si{};
+    ASSERT_EQ(::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOWAIT), 0);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   while (!live.PeerDead() && std::chrono::steady_clock::now() - t0 < 2s) std::this_thread::sleep_for(1ms);
   ASSERT_TRUE(live.PeerDead());

@@ -208,7 +208,9 @@ TEST(Fp8, FloatToE4m3MatchesReference) {
       ADD_FAILURE() << std::hex << "float bits 0x" << bits << " (" << f << "): got 0x" << int{got} << ", reference 0x"
                     << int{want};
     batch.push_back(f);
-    if (batch.size() == 4099) flush();  // 64 x 64 + 3: the 64-wide, the 16-wide and the scalar loops all run
+    // 64 x 64 + 16 + 8 + 3: every loop of the kernels runs (AVX-512: 64-wide, 16-wide, scalar; AVX2:
+    // 32-wide, scalar).
+    if (batch.size() == 4123) flush();
   };
   for (uint32_t sign : {0u, 0x80000000u}) {
     for (uint32_t e = 127 - 17; e < 127 + 11; ++e) {
@@ -258,25 +260,29 @@ std::vector<bf16> TestRow(int kind, int h, std::mt19937& rng) {
   return r;
 }
 
-// CastRowToFp8 (in a release build the vectorized kernel, for whichever ISA this CPU selects) against the
-// reference row cast: every code byte and every scale byte (incl. UE8M0 padding), for H with and without
-// a partial last block, and each Fp8Options variant; the second row of each kind with a next row to
+// CastRowToFp8 (in a release build the vectorized kernel, for whichever ISA this CPU selects, or the one
+// EPX_KERNEL_ISA caps it to) against the reference row cast: every code byte and every scale byte (incl.
+// UE8M0 padding, and 64 bytes past the end of both, which must stay untouched), for H with and without a
+// partial last block, rows longer than the vector kernels' chunk of 64 blocks (9000: a second chunk of 6;
+// 17543: chunks of 64, 64, 9), and each Fp8Options variant; the second row of each kind with a next row to
 // prefetch (the dispatch passes one: it must not change a bit).
 TEST(Fp8, RowCastMatchesReference) {
   const Fp8Options opts[] = {{false, false}, {true, false}, {true, true}};
   std::mt19937 rng(11);
-  for (int h : {1, 7, 100, 127, 128, 129, 300, 1000, 4096, 7168, 7208}) {
-    const size_t scale_bytes = static_cast<size_t>(Fp8NumBlocks(h)) * 4;  // >= Ue8m0Words(h) * 4
+  for (int h : {1, 7, 100, 127, 128, 129, 300, 1000, 4096, 7168, 7208, 9000, 17543}) {
+    // The scales (Fp8NumBlocks(h) * 4 >= Ue8m0Words(h) * 4 bytes) and 64 bytes past them.
+    const size_t scale_bytes = static_cast<size_t>(Fp8NumBlocks(h)) * 4 + 64;
     for (int kind = 0; kind < 6; ++kind) {
       for (int rep = 0; rep < 2; ++rep) {
         const auto row = TestRow(kind, h, rng), next = TestRow(kind, h, rng);
         for (const Fp8Options& o : opts) {
-          std::vector<uint8_t> q(h, 0xcd), want_q(h, 0xcd), s(scale_bytes, 0xcd), want_s(scale_bytes, 0xcd);
+          std::vector<uint8_t> q(h + 64, 0xcd), want_q(h + 64, 0xcd), s(scale_bytes, 0xcd),
+              want_s(scale_bytes, 0xcd);
           CastRowToFp8(row.data(), h, o, q.data(), s.data(), rep == 1 ? next.data() : nullptr);
           ReferenceCastRowToFp8(row.data(), h, o, want_q.data(), want_s.data());
           const auto where = std::mismatch(q.begin(), q.end(), want_q.begin()).first - q.begin();
-          EXPECT_EQ(where, h) << "H=" << h << " kind " << kind << " round_scale " << o.round_scale << " ue8m0 "
-                              << o.ue8m0 << ": first differing code at column " << where;
+          EXPECT_EQ(where, h + 64) << "H=" << h << " kind " << kind << " round_scale " << o.round_scale
+                                   << " ue8m0 " << o.ue8m0 << ": first differing code at column " << where;
           EXPECT_EQ(s, want_s) << "H=" << h << " kind " << kind << " round_scale " << o.round_scale << " ue8m0 "
                                << o.ue8m0;
         }
