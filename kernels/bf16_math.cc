@@ -373,7 +373,9 @@ EPX_AVX2_KERNEL void GroupedStripsAvx2(bf16* out, const bf16* const* rows, const
   }
 }
 
-// WeightedPartialF32 in strips of 32 columns.
+// WeightedPartialF32 in strips of 32 columns; kStream: non-temporal stores (out 32-byte aligned, checked by
+// the caller).
+template <bool kStream = false>
 EPX_AVX2_KERNEL void PartialStripsAvx2(float* out, const bf16* const* rows, const float* w, int num_rows,
                                        int n) {
   int j = 0;
@@ -388,7 +390,12 @@ EPX_AVX2_KERNEL void PartialStripsAvx2(float* out, const bf16* const* rows, cons
       const __m256 wr = _mm256_set1_ps(w[r]);
       for (int v = 0; v < 4; ++v) p[v] = _mm256_add_ps(p[v], _mm256_mul_ps(wr, avx2::LoadBf16(y + 8 * v)));
     }
-    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + j + 8 * v, p[v]);
+    for (int v = 0; v < 4; ++v) {
+      if constexpr (kStream)
+        _mm256_stream_ps(out + j + 8 * v, p[v]);
+      else
+        _mm256_storeu_ps(out + j + 8 * v, p[v]);
+    }
   }
   for (; j < n; ++j) out[j] = PartialColumn(rows, w, num_rows, j);
 }
@@ -439,6 +446,14 @@ void WeightedPartialF32(float* out, const bf16* const* rows, const float* w, int
   if (avx2::Usable()) return PartialStripsAvx2(out, rows, w, num_rows, n);
 #endif
   PartialBody(out, rows, w, num_rows, n);
+}
+
+void WeightedPartialF32Stream(float* out, const bf16* const* rows, const float* w, int num_rows, int n) {
+#if defined(__x86_64__)
+  if (avx2::Usable() && (reinterpret_cast<uintptr_t>(out) & 31) == 0)
+    return PartialStripsAvx2<true>(out, rows, w, num_rows, n);
+#endif
+  WeightedPartialF32(out, rows, w, num_rows, n);
 }
 
 }  // namespace epx

@@ -42,5 +42,12 @@ void GroupedWeightedSumBf16(bf16* out, float* acc, const bf16* const* rows, cons
 // out[j] = P[j] of one group of num_rows >= 1 terms (above), in FP32: what an expert rank sends instead of
 // its rows when it pre-reduces a token for a node-local source.
 void WeightedPartialF32(float* out, const bf16* const* rows, const float* w, int num_rows, int n);
+// The same partial, written with non-temporal stores where the AVX2 kernels run and out is 32-byte aligned
+// (else WeightedPartialF32): for partials that another core reads next, written to lines this core does not
+// hold -- it skips each line's read-for-ownership from memory. Measured on the AVX2 host of session 14 (low-
+// latency 1x2 combine ~10 % faster, bench/results/README.md); the AVX-512 kernels keep plain stores (streamed
+// partials gained nothing on the AVX-512 host in sessions 10 and 12). StreamFence() (kernels/stream_copy.h)
+// before another thread may read out.
+void WeightedPartialF32Stream(float* out, const bf16* const* rows, const float* w, int num_rows, int n);
 
 }  // namespace epx

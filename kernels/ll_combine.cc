@@ -11,14 +11,15 @@
 #include "kernels/bf16_math.h"
 #include "kernels/ll_state.h"
 #include "kernels/ll_wire.h"
+#include "kernels/stream_copy.h"
 
 namespace epx {
 namespace {
 
 // Pre-reduction for node-local source s (channel c): waits for s's weights of this call, then, for every
-// token t of s with rows here: two or more rows -> partial(t) = WeightedPartialF32 of them in top-k order;
-// one row -> that row staged as in rows mode (a one-term partial is that term, and the BF16 row is half
-// the bytes). Publishes the table for s. Returns kFailedPrecondition "masked" (unlogged) when s was
+// token t of s with rows here: two or more rows -> partial(t) = WeightedPartialF32(Stream) of them in top-k
+// order; one row -> that row staged as in rows mode (a one-term partial is that term, and the BF16 row is
+// half the bytes). Publishes the table for s. Returns kFailedPrecondition "masked" (unlogged) when s was
 // masked meanwhile.
 Status PreReduce(LlState& st, const LlHandle& h, const LlCombineInput& in, int b, int c, int s,
                  uint64_t target) {
@@ -66,9 +67,12 @@ Status PreReduce(LlState& st, const LlHandle& h, const LlCombineInput& in, int b
     if (n == 1)
       std::memcpy(st.heap() + st.CombineStage(b, last / rows, last % rows), terms[0], 2 * H);
     else if (n > 1)
-      WeightedPartialF32(reinterpret_cast<float*>(st.heap() + st.Partial(b, s, t)), terms, w, n,
-                         static_cast<int>(H));
+      WeightedPartialF32Stream(reinterpret_cast<float*>(st.heap() + st.Partial(b, s, t)), terms, w, n,
+                               static_cast<int>(H));
   }
+  // The partials' streaming stores are weakly ordered, also against the release add that publishes them
+  // (LlCombineSend): fence them first (kernels/stream_copy.h).
+  StreamFence();
   return Status::Ok();
 }
 

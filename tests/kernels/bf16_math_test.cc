@@ -167,6 +167,22 @@ TEST(Bf16Math, GroupedSumAndPartialsMatchTheScalarDefinitionBitwise) {
             ASSERT_TRUE(SameBits(got, want))
                 << "partial n=" << n << " terms " << r << ".." << r + c << " column " << j;
           }
+          // The streaming variant: bitwise the same, at a 32-byte-aligned output (streamed where the AVX2
+          // kernels run) and at one that is not (the plain path), with nothing written around either.
+          std::vector<float> st_buf(static_cast<size_t>(n) + 24, 1234.5f);
+          for (size_t lead : {size_t{8}, size_t{9}}) {
+            float* base = st_buf.data();
+            float* o =
+                reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 31) & ~uintptr_t{31}) + lead;
+            std::fill(st_buf.begin(), st_buf.end(), 1234.5f);
+            WeightedPartialF32Stream(o, ptrs.data() + r, w.data() + r, c, n);
+            StreamFence();
+            ASSERT_EQ(o[-1], 1234.5f);
+            ASSERT_EQ(o[n], 1234.5f) << "stream partial n=" << n;
+            for (int j = 0; j < n; ++j)
+              ASSERT_EQ(std::bit_cast<uint32_t>(o[j]), std::bit_cast<uint32_t>(partials.back()[j + 1]))
+                  << "stream partial n=" << n << " lead " << lead << " column " << j;
+          }
           g = SumGroup{0, 0, partials.back().data() + 1};
         }
         groups.push_back(g);
