@@ -1,12 +1,15 @@
 #include "bench/copy_limit.h"
 
 #include <sched.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "bench/commands.h"
 #include "core/sys.h"
@@ -39,6 +42,38 @@ StatusOr<CopyLimitResult> Finish(Context& ctx, const std::vector<double>& t, dou
   return FinishSteps(ctx, step, bytes, phase);
 }
 
+// The copy limit's source and destination: one anonymous private mapping (see MeasureCopyLimit), source
+// filled with 1, destination with 0, unmapped on destruction.
+class CopyBuffers {
+ public:
+  static StatusOr<CopyBuffers> Map(size_t bytes) {
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t half = (std::max<size_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+    void* p = ::mmap(nullptr, 2 * half, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      return SysError("mmap", errno, fmt::format("copy limit buffers of 2 x {} bytes", half));
+    (void)::madvise(p, 2 * half, MADV_HUGEPAGE);  // advice: without THP the copy just runs on 4 KiB pages
+    CopyBuffers b;
+    b.base_ = static_cast<uint8_t*>(p);
+    b.half_ = half;
+    std::memset(b.src(), 1, bytes);
+    std::memset(b.dst(), 0, bytes);
+    return b;
+  }
+  CopyBuffers(CopyBuffers&& o) noexcept : base_(std::exchange(o.base_, nullptr)), half_(o.half_) {}
+  CopyBuffers& operator=(CopyBuffers&&) = delete;
+  ~CopyBuffers() {
+    if (base_) ::munmap(base_, 2 * half_);
+  }
+  uint8_t* src() const { return base_; }
+  uint8_t* dst() const { return base_ + half_; }
+
+ private:
+  CopyBuffers() = default;
+  uint8_t* base_ = nullptr;
+  size_t half_ = 0;
+};
+
 // CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID: only while it runs, so a rank that waits for
 // its core counts nothing).
 double ThreadCpuUs() {
@@ -52,19 +87,25 @@ double ThreadCpuUs() {
 StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters,
                                            int warmup, const char* phase, bool stream) {
   row_bytes = std::max<size_t>(row_bytes, 1);
+  // Both buffers in one private mapping of our own, not from malloc: where malloc puts large blocks depends
+  // on what ran before (after the MPI baseline the same copy measured 4-7x slower on the AVX2 host of session
+  // 14: bench/results/README.md). Page-aligned, the destination a whole number of 2 MiB past the source (no
+  // 4 KiB aliasing between them), transparent huge pages asked for as the heap's are (EPX_HUGEPAGES=auto).
   // First-touch by this (pinned) rank puts the pages on its NUMA node, like the symmetric heap.
-  std::vector<uint8_t> src(bytes, 1), dst(bytes, 0);
+  EPX_ASSIGN_OR_RETURN(CopyBuffers buf, CopyBuffers::Map(bytes));
+  uint8_t* const src = buf.src();
+  uint8_t* const dst = buf.dst();
   std::vector<double> t;
   for (int it = 0; it < warmup + iters; ++it) {
     EPX_RETURN_IF_ERROR(ctx.bootstrap().Barrier(phase));
     const double t0 = NowUs();
     if (stream) {
       for (size_t off = 0; off < bytes; off += row_bytes)
-        StreamCopy(dst.data() + off, src.data() + off, std::min(row_bytes, bytes - off));
+        StreamCopy(dst + off, src + off, std::min(row_bytes, bytes - off));
       StreamFence();
     } else {
       for (size_t off = 0; off < bytes; off += row_bytes)
-        std::memcpy(dst.data() + off, src.data() + off, std::min(row_bytes, bytes - off));
+        std::memcpy(dst + off, src + off, std::min(row_bytes, bytes - off));
     }
     const double t1 = NowUs();
     if (it >= warmup) t.push_back(t1 - t0);
