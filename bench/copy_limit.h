@@ -23,7 +23,8 @@ struct CopyLimitResult {
 };
 
 // Times `iters` (+ `warmup`) copies of `bytes` (this rank's) in rows of `row_bytes` between two private
-// NUMA-local buffers, each iteration after a bootstrap barrier. Collective. `stream`: with StreamCopy
+// NUMA-local buffers (one mapping of its own, page-aligned, 2 MiB apart, THP advised: not wherever malloc
+// puts them), each iteration after a bootstrap barrier. Collective. `stream`: with StreamCopy
 // (kernels/stream_copy.h: non-temporal stores, as the low-latency dispatch writes its output), so every
 // destination byte goes to DRAM: the write half of the DRAM floor (below).
 StatusOr<CopyLimitResult> MeasureCopyLimit(Context& ctx, size_t bytes, size_t row_bytes, int iters,
